@@ -12,6 +12,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod exec;
+pub mod fsutil;
 pub mod loader;
 pub mod plugin;
 pub mod result;

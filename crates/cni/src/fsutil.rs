@@ -1,0 +1,60 @@
+//! Crash-safe file writes.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory,
+/// fsync, rename, fsync of the directory. Readers see the old or the new content,
+/// never a part. Parent directories are created with `dir_mode`.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, dir_mode: u32) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    create_dir_all_mode(dir, dir_mode)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// `mkdir -p` with `mode` for the directories it creates.
+pub fn create_dir_all_mode(dir: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(mode).create(dir)
+}
+
+/// Removes a file; a file that is already gone is success.
+pub fn remove_if_exists(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn atomic_write_replaces_and_sets_mode() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a/b/file");
+        write_atomic(&p, b"one", 0o600, 0o700).unwrap();
+        write_atomic(&p, b"two", 0o600, 0o700).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+        remove_if_exists(&p).unwrap();
+        remove_if_exists(&p).unwrap();
+    }
+}
