@@ -17,7 +17,9 @@ impl CniArgs {
                 )));
             };
             if k.is_empty() {
-                return Err(CniError::invalid_env(format!("CNI_ARGS: item {item:?} has an empty key")));
+                return Err(CniError::invalid_env(format!(
+                    "CNI_ARGS: item {item:?} has an empty key"
+                )));
             }
             out.push((k.to_string(), v.to_string()));
         }
@@ -26,7 +28,11 @@ impl CniArgs {
 
     /// The value of `key` (the last one wins, as in libcni's `LoadArgs`).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Sets `key`, replacing every earlier value.
@@ -37,7 +43,11 @@ impl CniArgs {
 
     /// The `K=V;K=V` string.
     pub fn to_env(&self) -> String {
-        self.0.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";")
+        self.0
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(";")
     }
 
     /// True when there are no pairs.

@@ -43,7 +43,12 @@ pub struct CacheEntry {
 
 impl CacheEntry {
     /// A new entry for one attachment.
-    pub fn new(network_name: &str, container_id: &str, if_name: &str, config: Vec<u8>) -> CacheEntry {
+    pub fn new(
+        network_name: &str,
+        container_id: &str,
+        if_name: &str,
+        config: Vec<u8>,
+    ) -> CacheEntry {
         CacheEntry {
             kind: KIND.into(),
             container_id: container_id.into(),
@@ -68,7 +73,9 @@ mod b64 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = Option::<String>::deserialize(d)?.unwrap_or_default();
-        base64::engine::general_purpose::STANDARD.decode(s).map_err(serde::de::Error::custom)
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -94,7 +101,10 @@ impl ResultCache {
         validate::network_name(network)?;
         validate::container_id(container_id)?;
         validate::env_ifname(ifname)?;
-        Ok(self.dir.join("results").join(format!("{network}-{container_id}-{ifname}")))
+        Ok(self
+            .dir
+            .join("results")
+            .join(format!("{network}-{container_id}-{ifname}")))
     }
 
     /// Writes an entry atomically (file 0600, directories 0700).
@@ -107,7 +117,12 @@ impl ResultCache {
 
     /// Reads an entry; `None` when there is none. A file in the legacy format (a bare
     /// result) yields an entry holding only the result.
-    pub fn load(&self, network: &str, container_id: &str, ifname: &str) -> Result<Option<CacheEntry>> {
+    pub fn load(
+        &self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<CacheEntry>> {
         let path = self.path(network, container_id, ifname)?;
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -122,7 +137,8 @@ impl ResultCache {
     /// Removes an entry; a missing one is success.
     pub fn remove(&self, network: &str, container_id: &str, ifname: &str) -> Result<()> {
         let path = self.path(network, container_id, ifname)?;
-        fsutil::remove_if_exists(&path).map_err(|e| CniError::io(format!("cannot remove {}: {e}", path.display())))
+        fsutil::remove_if_exists(&path)
+            .map_err(|e| CniError::io(format!("cannot remove {}: {e}", path.display())))
     }
 
     /// Every cached attachment of `network` (libcni `GetCachedAttachments`). Files that
@@ -142,7 +158,9 @@ impl ResultCache {
             if !name.starts_with(&prefix) {
                 continue;
             }
-            let Ok(bytes) = std::fs::read(entry.path()) else { continue };
+            let Ok(bytes) = std::fs::read(entry.path()) else {
+                continue;
+            };
             if let Ok(e) = serde_json::from_slice::<CacheEntry>(&bytes) {
                 if e.kind == KIND && e.network_name == network {
                     out.push(e);
@@ -154,10 +172,17 @@ impl ResultCache {
     }
 }
 
-fn parse_entry(bytes: &[u8], network: &str, container_id: &str, ifname: &str) -> Result<CacheEntry> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| CniError::decode(format!("corrupt cache file: {e}")))?;
+fn parse_entry(
+    bytes: &[u8],
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+) -> Result<CacheEntry> {
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| CniError::decode(format!("corrupt cache file: {e}")))?;
     if v.get("kind").is_some() {
-        let e: CacheEntry = serde_json::from_value(v).map_err(|e| CniError::decode(format!("corrupt cache file: {e}")))?;
+        let e: CacheEntry = serde_json::from_value(v)
+            .map_err(|e| CniError::decode(format!("corrupt cache file: {e}")))?;
         if e.kind != KIND {
             return Err(CniError::decode(format!("unknown cache kind {:?}", e.kind)));
         }
@@ -189,13 +214,19 @@ mod tests {
         e.cni_args = vec![("K8S_POD_NAME".into(), "p".into())];
         e.result = Some(json!({"cniVersion":"1.0.0"}));
         c.save(&e).unwrap();
-        let raw: Value = serde_json::from_slice(&std::fs::read(d.path().join("results/net-a-ctr1-eth0")).unwrap()).unwrap();
+        let raw: Value = serde_json::from_slice(
+            &std::fs::read(d.path().join("results/net-a-ctr1-eth0")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(raw["kind"], "cniCacheV1");
         assert_eq!(raw["containerId"], "ctr1");
         assert_eq!(raw["ifName"], "eth0");
         assert_eq!(raw["networkName"], "net-a");
         assert_eq!(raw["cniArgs"], json!([["K8S_POD_NAME", "p"]]));
-        assert_eq!(decode_config(raw["config"].as_str().unwrap()).unwrap(), br#"{"name":"net-a"}"#);
+        assert_eq!(
+            decode_config(raw["config"].as_str().unwrap()).unwrap(),
+            br#"{"name":"net-a"}"#
+        );
         assert_eq!(c.load("net-a", "ctr1", "eth0").unwrap().unwrap(), e);
         // "net" is a prefix of "net-a": attachments() must not mix them up.
         assert!(c.attachments("net").unwrap().is_empty());
@@ -210,14 +241,30 @@ mod tests {
         std::fs::create_dir_all(d.path().join("results")).unwrap();
         let go = r#"{"kind":"cniCacheV1","containerId":"abc","config":"eyJuYW1lIjoibiJ9","ifName":"eth0","networkName":"n","netns":"/var/run/netns/t","cniArgs":[["IgnoreUnknown","1"]],"capabilityArgs":{"portMappings":[]},"result":{"cniVersion":"0.4.0","ips":[{"version":"4","address":"192.0.2.2/24"}],"dns":{}}}"#;
         std::fs::write(d.path().join("results/n-abc-eth0"), go).unwrap();
-        let e = ResultCache::new(d.path()).load("n", "abc", "eth0").unwrap().unwrap();
+        let e = ResultCache::new(d.path())
+            .load("n", "abc", "eth0")
+            .unwrap()
+            .unwrap();
         assert_eq!(e.config, br#"{"name":"n"}"#);
         assert_eq!(e.cni_args[0].0, "IgnoreUnknown");
-        std::fs::write(d.path().join("results/n-legacy-eth0"), r#"{"cniVersion":"0.3.1"}"#).unwrap();
-        let e = ResultCache::new(d.path()).load("n", "legacy", "eth0").unwrap().unwrap();
+        std::fs::write(
+            d.path().join("results/n-legacy-eth0"),
+            r#"{"cniVersion":"0.3.1"}"#,
+        )
+        .unwrap();
+        let e = ResultCache::new(d.path())
+            .load("n", "legacy", "eth0")
+            .unwrap()
+            .unwrap();
         assert_eq!(e.result.unwrap()["cniVersion"], "0.3.1");
         std::fs::write(d.path().join("results/n-bad-eth0"), "{").unwrap();
-        assert_eq!(ResultCache::new(d.path()).load("n", "bad", "eth0").unwrap_err().code, 6);
+        assert_eq!(
+            ResultCache::new(d.path())
+                .load("n", "bad", "eth0")
+                .unwrap_err()
+                .code,
+            6
+        );
     }
 
     #[test]

@@ -17,28 +17,40 @@ impl PluginConf {
     /// Takes a JSON object that has a string `type`.
     pub fn from_value(value: Value) -> Result<PluginConf> {
         let Value::Object(raw) = value else {
-            return Err(CniError::invalid_config("plugin configuration is not a JSON object"));
+            return Err(CniError::invalid_config(
+                "plugin configuration is not a JSON object",
+            ));
         };
         match raw.get("type") {
             Some(Value::String(t)) => validate::plugin_type(t)?,
             Some(other) => {
-                return Err(CniError::invalid_config(format!("plugin \"type\" must be a string, got {other}")))
+                return Err(CniError::invalid_config(format!(
+                    "plugin \"type\" must be a string, got {other}"
+                )))
             }
-            None => return Err(CniError::invalid_config("plugin configuration has no \"type\"")),
+            None => {
+                return Err(CniError::invalid_config(
+                    "plugin configuration has no \"type\"",
+                ))
+            }
         }
         Ok(PluginConf { raw })
     }
 
     /// Parses bytes as one plugin object.
     pub fn from_bytes(bytes: &[u8]) -> Result<PluginConf> {
-        let v: Value = serde_json::from_slice(bytes)
-            .map_err(|e| CniError::decode(format!("plugin configuration is not valid JSON: {e}")))?;
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+            CniError::decode(format!("plugin configuration is not valid JSON: {e}"))
+        })?;
         Self::from_value(v)
     }
 
     /// The plugin binary name.
     pub fn plugin_type(&self) -> &str {
-        self.raw.get("type").and_then(Value::as_str).unwrap_or_default()
+        self.raw
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
     }
 
     /// The capabilities the plugin declares with `true`.
@@ -47,7 +59,11 @@ impl PluginConf {
             .get("capabilities")
             .and_then(Value::as_object)
             .into_iter()
-            .flat_map(|m| m.iter().filter(|(_, v)| v.as_bool() == Some(true)).map(|(k, _)| k.as_str()))
+            .flat_map(|m| {
+                m.iter()
+                    .filter(|(_, v)| v.as_bool() == Some(true))
+                    .map(|(k, _)| k.as_str())
+            })
     }
 
     /// True when the plugin declares `cap`.
@@ -97,7 +113,9 @@ fn read_bool(top: &Map<String, Value>, key: &str) -> Result<bool> {
         // libcni also accepts the strings "true"/"false".
         Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(true),
         Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(false),
-        Some(other) => Err(CniError::invalid_config(format!("{key:?} must be a boolean, got {other}"))),
+        Some(other) => Err(CniError::invalid_config(format!(
+            "{key:?} must be a boolean, got {other}"
+        ))),
     }
 }
 
@@ -105,7 +123,9 @@ fn read_string(top: &Map<String, Value>, key: &str) -> Result<String> {
     match top.get(key) {
         None => Ok(String::new()),
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => Err(CniError::invalid_config(format!("{key:?} must be a string, got {other}"))),
+        Some(other) => Err(CniError::invalid_config(format!(
+            "{key:?} must be a string, got {other}"
+        ))),
     }
 }
 
@@ -117,12 +137,16 @@ fn read_versions(top: &Map<String, Value>) -> Result<Option<Vec<String>>> {
             .enumerate()
             .map(|(i, v)| {
                 v.as_str().map(str::to_string).ok_or_else(|| {
-                    CniError::invalid_config(format!("\"cniVersions\"[{i}] must be a string, got {v}"))
+                    CniError::invalid_config(format!(
+                        "\"cniVersions\"[{i}] must be a string, got {v}"
+                    ))
                 })
             })
             .collect::<Result<Vec<_>>>()
             .map(Some),
-        Some(other) => Err(CniError::invalid_config(format!("\"cniVersions\" must be a list, got {other}"))),
+        Some(other) => Err(CniError::invalid_config(format!(
+            "\"cniVersions\" must be a list, got {other}"
+        ))),
     }
 }
 
@@ -138,7 +162,9 @@ impl NetworkConfigList {
     /// Parses a configuration list given as a JSON value.
     pub fn from_value(v: Value) -> Result<NetworkConfigList> {
         let Value::Object(mut top) = v else {
-            return Err(CniError::invalid_config("configuration list is not a JSON object"));
+            return Err(CniError::invalid_config(
+                "configuration list is not a JSON object",
+            ));
         };
         let name = read_string(&top, "name")?;
         validate::network_name(&name)?;
@@ -205,14 +231,19 @@ impl NetworkConfigList {
     /// The list as a JSON document (top-level keys, then `plugins`).
     pub fn to_value(&self) -> Value {
         let mut m = self.top.clone();
-        m.insert("plugins".into(), Value::Array(self.plugins.iter().map(PluginConf::to_value).collect()));
+        m.insert(
+            "plugins".into(),
+            Value::Array(self.plugins.iter().map(PluginConf::to_value).collect()),
+        );
         Value::Object(m)
     }
 }
 
 fn check_version(name: &str, v: &str) -> Result<()> {
     if v.is_empty() {
-        return Err(CniError::invalid_config(format!("network {name:?} has no \"cniVersion\"")));
+        return Err(CniError::invalid_config(format!(
+            "network {name:?} has no \"cniVersion\""
+        )));
     }
     if !version::is_supported(v) {
         return Err(CniError::incompatible_version(format!(
@@ -244,7 +275,10 @@ mod tests {
     fn flags_accept_bool_and_string() {
         let l = NetworkConfigList::from_value(json!({"cniVersion":"1.1.0","name":"n","disableCheck":"True","disableGC":true,"plugins":[{"type":"x"}]})).unwrap();
         assert!(l.disable_check && l.disable_gc && !l.load_only_inlined_plugins);
-        let e = NetworkConfigList::from_value(json!({"cniVersion":"1.1.0","name":"n","disableCheck":"yes","plugins":[{"type":"x"}]})).unwrap_err();
+        let e = NetworkConfigList::from_value(
+            json!({"cniVersion":"1.1.0","name":"n","disableCheck":"yes","plugins":[{"type":"x"}]}),
+        )
+        .unwrap_err();
         assert_eq!(e.code, 7);
     }
 
@@ -252,20 +286,51 @@ mod tests {
     fn versions_negotiated() {
         let l = NetworkConfigList::from_value(json!({"cniVersion":"0.4.0","cniVersions":["1.0.0","1.1.0","3.0.0"],"name":"n","plugins":[{"type":"x"}]})).unwrap();
         assert_eq!(l.cni_version, "1.1.0");
-        let e = NetworkConfigList::from_value(json!({"cniVersion":"9.9.9","name":"n","plugins":[{"type":"x"}]})).unwrap_err();
+        let e = NetworkConfigList::from_value(
+            json!({"cniVersion":"9.9.9","name":"n","plugins":[{"type":"x"}]}),
+        )
+        .unwrap_err();
         assert_eq!(e.code, 1);
     }
 
     #[test]
     fn bad_lists() {
         let cases = [
-            (json!({"cniVersion":"1.0.0","name":"n","plugins":[]}), 7, "empty"),
-            (json!({"cniVersion":"1.0.0","name":"n","plugins":[{"ipam":{}}]}), 7, "no \"type\""),
-            (json!({"cniVersion":"1.0.0","name":"../x","plugins":[{"type":"x"}]}), 7, "invalid"),
-            (json!({"cniVersion":"1.0.0","plugins":[{"type":"x"}]}), 7, "no \"name\""),
-            (json!({"cniVersion":"1.0.0","name":"n","plugins":[{"type":"../sh"}]}), 7, "without '/'"),
-            (json!({"cniVersion":"1.0.0","name":"n","loadOnlyInlinedPlugins":true}), 7, "no \"plugins\""),
-            (json!({"name":"n","plugins":[{"type":"x"}]}), 7, "cniVersion"),
+            (
+                json!({"cniVersion":"1.0.0","name":"n","plugins":[]}),
+                7,
+                "empty",
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"n","plugins":[{"ipam":{}}]}),
+                7,
+                "no \"type\"",
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"../x","plugins":[{"type":"x"}]}),
+                7,
+                "invalid",
+            ),
+            (
+                json!({"cniVersion":"1.0.0","plugins":[{"type":"x"}]}),
+                7,
+                "no \"name\"",
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"n","plugins":[{"type":"../sh"}]}),
+                7,
+                "without '/'",
+            ),
+            (
+                json!({"cniVersion":"1.0.0","name":"n","loadOnlyInlinedPlugins":true}),
+                7,
+                "no \"plugins\"",
+            ),
+            (
+                json!({"name":"n","plugins":[{"type":"x"}]}),
+                7,
+                "cniVersion",
+            ),
         ];
         for (doc, code, needle) in cases {
             let e = NetworkConfigList::from_value(doc.clone()).unwrap_err();
@@ -277,7 +342,10 @@ mod tests {
 
     #[test]
     fn single_conf_becomes_list() {
-        let l = NetworkConfigList::from_bytes_any(br#"{"cniVersion":"0.3.1","name":"m","type":"macvlan","master":"eth0"}"#).unwrap();
+        let l = NetworkConfigList::from_bytes_any(
+            br#"{"cniVersion":"0.3.1","name":"m","type":"macvlan","master":"eth0"}"#,
+        )
+        .unwrap();
         assert_eq!(l.name, "m");
         assert_eq!(l.cni_version, "0.3.1");
         assert_eq!(l.plugins.len(), 1);

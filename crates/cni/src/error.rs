@@ -34,7 +34,11 @@ pub mod code {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CniError {
     /// The spec version the error is reported in; filled when printed.
-    #[serde(rename = "cniVersion", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "cniVersion",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub cni_version: String,
     /// Spec error code (0-99 reserved, 100+ plugin specific).
     pub code: u32,
@@ -48,7 +52,12 @@ pub struct CniError {
 impl CniError {
     /// An error with `code` and `msg`.
     pub fn new(code: u32, msg: impl Into<String>) -> Self {
-        CniError { cni_version: String::new(), code, msg: msg.into(), details: String::new() }
+        CniError {
+            cni_version: String::new(),
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
     }
 
     /// Adds details.
@@ -69,7 +78,8 @@ impl CniError {
         if e.cni_version.is_empty() {
             e.cni_version = version.to_string();
         }
-        serde_json::to_vec(&e).unwrap_or_else(|_| b"{\"code\":999,\"msg\":\"unprintable error\"}".to_vec())
+        serde_json::to_vec(&e)
+            .unwrap_or_else(|_| b"{\"code\":999,\"msg\":\"unprintable error\"}".to_vec())
     }
 
     /// Shorthand for [`code::INVALID_NETWORK_CONFIG`].
@@ -126,10 +136,16 @@ mod tests {
     fn prints_spec_shape() {
         let e = CniError::new(7, "bad").with_details("more");
         let v: serde_json::Value = serde_json::from_slice(&e.to_json("1.1.0")).unwrap();
-        assert_eq!(v, serde_json::json!({"cniVersion":"1.1.0","code":7,"msg":"bad","details":"more"}));
+        assert_eq!(
+            v,
+            serde_json::json!({"cniVersion":"1.1.0","code":7,"msg":"bad","details":"more"})
+        );
         let e = CniError::new(11, "later");
         let v: serde_json::Value = serde_json::from_slice(&e.to_json("0.4.0")).unwrap();
-        assert_eq!(v, serde_json::json!({"cniVersion":"0.4.0","code":11,"msg":"later"}));
+        assert_eq!(
+            v,
+            serde_json::json!({"cniVersion":"0.4.0","code":11,"msg":"later"})
+        );
     }
 
     #[test]

@@ -91,7 +91,8 @@ impl Exec for ProcessExec {
             .spawn()
             .map_err(|e| CniError::internal(format!("cannot execute {shown}: {e}")))?;
         let pid = Pid::from_raw(child.id() as i32);
-        let (Some(mut stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        let (Some(mut stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             return Err(CniError::internal(format!("{shown}: child pipes missing")));
         };
@@ -110,23 +111,39 @@ impl Exec for ProcessExec {
                 Ok(status) => (status, false),
                 Err(_) => {
                     let _ = killpg(pid, Signal::SIGKILL);
-                    (rx.recv().unwrap_or_else(|_| Ok(ExitStatus::from_raw(9))), true)
+                    (
+                        rx.recv().unwrap_or_else(|_| Ok(ExitStatus::from_raw(9))),
+                        true,
+                    )
                 }
             };
-            let stdout = out.join().map_err(|_| CniError::internal("stdout reader panicked"))?;
+            let stdout = out
+                .join()
+                .map_err(|_| CniError::internal("stdout reader panicked"))?;
             let stderr = err.join().unwrap_or_default();
             if timed_out {
                 return Err(CniError::new(
                     code::TRY_AGAIN_LATER,
-                    format!("{shown} did not finish within {:?} and was killed", req.timeout),
+                    format!(
+                        "{shown} did not finish within {:?} and was killed",
+                        req.timeout
+                    ),
                 ));
             }
-            let status = status.map_err(|e| CniError::internal(format!("waiting for {shown}: {e}")))?;
-            let stdout = stdout.map_err(|e| CniError::io(format!("reading stdout of {shown}: {e}")))?;
+            let status =
+                status.map_err(|e| CniError::internal(format!("waiting for {shown}: {e}")))?;
+            let stdout =
+                stdout.map_err(|e| CniError::io(format!("reading stdout of {shown}: {e}")))?;
             if stdout.len() as u64 > MAX_STDOUT {
-                return Err(CniError::decode(format!("{shown} printed more than {MAX_STDOUT} bytes")));
+                return Err(CniError::decode(format!(
+                    "{shown} printed more than {MAX_STDOUT} bytes"
+                )));
             }
-            Ok(ExecOutput { status, stdout, stderr })
+            Ok(ExecOutput {
+                status,
+                stdout,
+                stderr,
+            })
         })
     }
 }
@@ -165,9 +182,14 @@ pub fn interpret(binary: &Path, out: ExecOutput) -> Result<Vec<u8>> {
         _ => "unknown status".into(),
     };
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    let stdout = String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(512)]).trim().to_string();
-    Err(CniError::internal(format!("{} failed with {how} and printed no CNI error", binary.display()))
-        .with_details(format!("stdout: {stdout:?}; stderr: {stderr:?}")))
+    let stdout = String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(512)])
+        .trim()
+        .to_string();
+    Err(CniError::internal(format!(
+        "{} failed with {how} and printed no CNI error",
+        binary.display()
+    ))
+    .with_details(format!("stdout: {stdout:?}; stderr: {stderr:?}")))
 }
 
 #[cfg(test)]
@@ -176,13 +198,25 @@ mod tests {
     use std::time::Instant;
 
     fn sh(script: &str, timeout: Duration) -> Result<ExecOutput> {
-        let env = vec![("PATH".to_string(), "/usr/bin:/bin".to_string()), ("X".into(), "y".into())];
-        ProcessExec.run(&ExecRequest { binary: Path::new("/bin/sh"), env, stdin: script.as_bytes(), timeout })
+        let env = vec![
+            ("PATH".to_string(), "/usr/bin:/bin".to_string()),
+            ("X".into(), "y".into()),
+        ];
+        ProcessExec.run(&ExecRequest {
+            binary: Path::new("/bin/sh"),
+            env,
+            stdin: script.as_bytes(),
+            timeout,
+        })
     }
 
     #[test]
     fn runs_with_explicit_env_and_stdin() {
-        let out = sh("echo \"$X\"; echo err >&2; echo ${HOME:-none}", Duration::from_secs(10)).unwrap();
+        let out = sh(
+            "echo \"$X\"; echo err >&2; echo ${HOME:-none}",
+            Duration::from_secs(10),
+        )
+        .unwrap();
         assert!(out.status.success());
         assert_eq!(String::from_utf8_lossy(&out.stdout), "y\nnone\n");
         assert_eq!(out.stderr, b"err\n");
@@ -200,13 +234,28 @@ mod tests {
 
     #[test]
     fn interprets_errors() {
-        let out = sh(r#"echo '{"cniVersion":"1.0.0","code":51,"msg":"down","details":"d"}'; exit 1"#, Duration::from_secs(10)).unwrap();
+        let out = sh(
+            r#"echo '{"cniVersion":"1.0.0","code":51,"msg":"down","details":"d"}'; exit 1"#,
+            Duration::from_secs(10),
+        )
+        .unwrap();
         let e = interpret(Path::new("p"), out).unwrap_err();
-        assert_eq!((e.code, e.msg.as_str(), e.details.as_str()), (51, "down", "d"));
-        let out = sh("echo garbage; echo boom >&2; exit 3", Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            (e.code, e.msg.as_str(), e.details.as_str()),
+            (51, "down", "d")
+        );
+        let out = sh(
+            "echo garbage; echo boom >&2; exit 3",
+            Duration::from_secs(10),
+        )
+        .unwrap();
         let e = interpret(Path::new("p"), out).unwrap_err();
         assert_eq!(e.code, 999);
-        assert!(e.msg.contains("exit status 3") && e.details.contains("boom") && e.details.contains("garbage"));
+        assert!(
+            e.msg.contains("exit status 3")
+                && e.details.contains("boom")
+                && e.details.contains("garbage")
+        );
     }
 
     #[test]
@@ -217,7 +266,19 @@ mod tests {
         let e = find_plugin("plug", &[d.path().to_path_buf()]).unwrap_err();
         assert!(e.msg.contains("failed to find plugin \"plug\""));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(find_plugin("plug", &[PathBuf::from("/nonexistent"), d.path().to_path_buf()]).unwrap(), p);
-        assert_eq!(find_plugin("../plug", &[d.path().join("x")]).unwrap_err().code, 7);
+        assert_eq!(
+            find_plugin(
+                "plug",
+                &[PathBuf::from("/nonexistent"), d.path().to_path_buf()]
+            )
+            .unwrap(),
+            p
+        );
+        assert_eq!(
+            find_plugin("../plug", &[d.path().join("x")])
+                .unwrap_err()
+                .code,
+            7
+        );
     }
 }

@@ -37,7 +37,11 @@ impl Command {
             "GC" => Command::Gc,
             "VERSION" => Command::Version,
             "" => return Err(CniError::invalid_env("CNI_COMMAND is not set")),
-            other => return Err(CniError::invalid_env(format!("CNI_COMMAND {other:?} is not a CNI command"))),
+            other => {
+                return Err(CniError::invalid_env(format!(
+                    "CNI_COMMAND {other:?} is not a CNI command"
+                )))
+            }
         })
     }
 
@@ -84,7 +88,9 @@ impl Request {
     pub fn prev_result(&self) -> Result<Option<CniResult>> {
         match self.config.get("prevResult") {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => CniResult::from_value(v).map(Some).map_err(|e| e.context("prevResult")),
+            Some(v) => CniResult::from_value(v)
+                .map(Some)
+                .map_err(|e| e.context("prevResult")),
         }
     }
 }
@@ -128,22 +134,42 @@ fn var<'a>(env: &'a HashMap<String, String>, k: &str) -> &'a str {
 pub fn dispatch(plugin: &dyn Plugin, env: &HashMap<String, String>, stdin: &[u8]) -> Outcome {
     let mut version_for_errors = version::CURRENT.to_string();
     match dispatch_inner(plugin, env, stdin, &mut version_for_errors) {
-        Ok(stdout) => Outcome { stdout, exit_code: 0 },
-        Err(e) => Outcome { stdout: e.to_json(&version_for_errors), exit_code: 1 },
+        Ok(stdout) => Outcome {
+            stdout,
+            exit_code: 0,
+        },
+        Err(e) => Outcome {
+            stdout: e.to_json(&version_for_errors),
+            exit_code: 1,
+        },
     }
 }
 
-fn dispatch_inner(plugin: &dyn Plugin, env: &HashMap<String, String>, stdin: &[u8], ver: &mut String) -> Result<Vec<u8>> {
+fn dispatch_inner(
+    plugin: &dyn Plugin,
+    env: &HashMap<String, String>,
+    stdin: &[u8],
+    ver: &mut String,
+) -> Result<Vec<u8>> {
     let command = Command::parse(var(env, "CNI_COMMAND"))?;
     if command == Command::Version {
         return Ok(version_output(plugin, stdin));
     }
-    let config: Value = serde_json::from_slice(stdin)
-        .map_err(|e| CniError::decode(format!("network configuration on stdin is not valid JSON: {e}")))?;
+    let config: Value = serde_json::from_slice(stdin).map_err(|e| {
+        CniError::decode(format!(
+            "network configuration on stdin is not valid JSON: {e}"
+        ))
+    })?;
     if !config.is_object() {
-        return Err(CniError::decode("network configuration on stdin is not a JSON object"));
+        return Err(CniError::decode(
+            "network configuration on stdin is not a JSON object",
+        ));
     }
-    let cni_version = config.get("cniVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+    let cni_version = config
+        .get("cniVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     if !plugin.supported_versions().contains(&cni_version.as_str()) {
         return Err(CniError::incompatible_version(format!(
             "cniVersion {cni_version:?} is not supported; supported: {}",
@@ -162,7 +188,13 @@ fn dispatch_inner(plugin: &dyn Plugin, env: &HashMap<String, String>, stdin: &[u
     }
 }
 
-fn build_request(command: Command, env: &HashMap<String, String>, stdin: &[u8], config: Value, cni_version: String) -> Result<Request> {
+fn build_request(
+    command: Command,
+    env: &HashMap<String, String>,
+    stdin: &[u8],
+    config: Value,
+    cni_version: String,
+) -> Result<Request> {
     let attachment = matches!(command, Command::Add | Command::Del | Command::Check);
     let container_id = var(env, "CNI_CONTAINERID").to_string();
     let ifname = var(env, "CNI_IFNAME").to_string();
@@ -186,7 +218,9 @@ fn build_request(command: Command, env: &HashMap<String, String>, stdin: &[u8], 
         netns: (!netns.is_empty()).then(|| PathBuf::from(netns)),
         ifname,
         args: CniArgs::parse(var(env, "CNI_ARGS"))?,
-        path: std::env::split_paths(var(env, "CNI_PATH")).filter(|p| !p.as_os_str().is_empty()).collect(),
+        path: std::env::split_paths(var(env, "CNI_PATH"))
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect(),
         stdin: stdin.to_vec(),
         config,
         cni_version,
@@ -197,9 +231,15 @@ fn build_request(command: Command, env: &HashMap<String, String>, stdin: &[u8], 
 fn version_output(plugin: &dyn Plugin, stdin: &[u8]) -> Vec<u8> {
     let asked = serde_json::from_slice::<Value>(stdin)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| version::CURRENT.to_string());
-    json!({"cniVersion": asked, "supportedVersions": plugin.supported_versions()}).to_string().into_bytes()
+    json!({"cniVersion": asked, "supportedVersions": plugin.supported_versions()})
+        .to_string()
+        .into_bytes()
 }
 
 /// The `main` of a plugin binary: environment and stdin in, one document out, exit.
@@ -208,7 +248,10 @@ pub fn run_main(plugin: &dyn Plugin) -> ! {
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
         Ok(_) => dispatch(plugin, &env, &stdin),
-        Err(e) => Outcome { stdout: CniError::io(format!("reading stdin: {e}")).to_json(version::CURRENT), exit_code: 1 },
+        Err(e) => Outcome {
+            stdout: CniError::io(format!("reading stdin: {e}")).to_json(version::CURRENT),
+            exit_code: 1,
+        },
     };
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(&outcome.stdout);
@@ -237,41 +280,107 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn out_json(o: &Outcome) -> Value {
         serde_json::from_slice(&o.stdout).unwrap()
     }
 
-    const ADD: &[(&str, &str)] = &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "/run/netns/x"), ("CNI_IFNAME", "eth0")];
+    const ADD: &[(&str, &str)] = &[
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "c1"),
+        ("CNI_NETNS", "/run/netns/x"),
+        ("CNI_IFNAME", "eth0"),
+    ];
 
     #[test]
     fn add_converts_to_config_version() {
-        let o = dispatch(&Echo, &env(ADD), br#"{"cniVersion":"0.2.0","name":"n","type":"echo"}"#);
+        let o = dispatch(
+            &Echo,
+            &env(ADD),
+            br#"{"cniVersion":"0.2.0","name":"n","type":"echo"}"#,
+        );
         assert_eq!(o.exit_code, 0);
-        assert_eq!(out_json(&o), json!({"cniVersion":"0.2.0","ip4":{"ip":"192.0.2.9/24"}}));
+        assert_eq!(
+            out_json(&o),
+            json!({"cniVersion":"0.2.0","ip4":{"ip":"192.0.2.9/24"}})
+        );
     }
 
     #[test]
     fn version_command() {
-        let o = dispatch(&Echo, &env(&[("CNI_COMMAND", "VERSION")]), br#"{"cniVersion":"0.4.0"}"#);
+        let o = dispatch(
+            &Echo,
+            &env(&[("CNI_COMMAND", "VERSION")]),
+            br#"{"cniVersion":"0.4.0"}"#,
+        );
         assert_eq!(out_json(&o)["cniVersion"], "0.4.0");
-        assert_eq!(out_json(&o)["supportedVersions"].as_array().unwrap().len(), 7);
+        assert_eq!(
+            out_json(&o)["supportedVersions"].as_array().unwrap().len(),
+            7
+        );
     }
 
     #[test]
     fn errors_have_codes_and_version() {
         let cfg = br#"{"cniVersion":"1.0.0","name":"n","type":"echo"}"#;
-        let cases: Vec<(Vec<(&str, &str)>, &[u8], u32, &str)> = vec![
+        type Case<'a> = (Vec<(&'a str, &'a str)>, &'a [u8], u32, &'a str);
+        let cases: Vec<Case> = vec![
             (vec![], cfg, 4, "CNI_COMMAND"),
             (vec![("CNI_COMMAND", "FOO")], cfg, 4, "FOO"),
             (ADD.to_vec(), b"{", 6, "not valid JSON"),
-            (ADD.to_vec(), br#"{"cniVersion":"9.0.0"}"#, 1, "not supported"),
-            (vec![("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")], cfg, 4, "CNI_NETNS"),
-            (vec![("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "../c"), ("CNI_NETNS", "/x"), ("CNI_IFNAME", "eth0")], cfg, 4, "CNI_CONTAINERID"),
-            (vec![("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "a/b")], cfg, 4, "CNI_IFNAME"),
-            (vec![("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "/x"), ("CNI_IFNAME", "e")], cfg, 107, "broken"),
+            (
+                ADD.to_vec(),
+                br#"{"cniVersion":"9.0.0"}"#,
+                1,
+                "not supported",
+            ),
+            (
+                vec![
+                    ("CNI_COMMAND", "ADD"),
+                    ("CNI_CONTAINERID", "c1"),
+                    ("CNI_IFNAME", "eth0"),
+                ],
+                cfg,
+                4,
+                "CNI_NETNS",
+            ),
+            (
+                vec![
+                    ("CNI_COMMAND", "ADD"),
+                    ("CNI_CONTAINERID", "../c"),
+                    ("CNI_NETNS", "/x"),
+                    ("CNI_IFNAME", "eth0"),
+                ],
+                cfg,
+                4,
+                "CNI_CONTAINERID",
+            ),
+            (
+                vec![
+                    ("CNI_COMMAND", "DEL"),
+                    ("CNI_CONTAINERID", "c1"),
+                    ("CNI_IFNAME", "a/b"),
+                ],
+                cfg,
+                4,
+                "CNI_IFNAME",
+            ),
+            (
+                vec![
+                    ("CNI_COMMAND", "CHECK"),
+                    ("CNI_CONTAINERID", "c1"),
+                    ("CNI_NETNS", "/x"),
+                    ("CNI_IFNAME", "e"),
+                ],
+                cfg,
+                107,
+                "broken",
+            ),
             (vec![("CNI_COMMAND", "STATUS")], cfg, 50, "not ready"),
         ];
         for (e, stdin, code, needle) in cases {
@@ -286,7 +395,21 @@ mod tests {
 
     #[test]
     fn del_without_netns_prints_nothing() {
-        let o = dispatch(&Echo, &env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")]), br#"{"cniVersion":"1.1.0","name":"n","type":"echo"}"#);
-        assert_eq!(o, Outcome { stdout: vec![], exit_code: 0 });
+        let o = dispatch(
+            &Echo,
+            &env(&[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_IFNAME", "eth0"),
+            ]),
+            br#"{"cniVersion":"1.1.0","name":"n","type":"echo"}"#,
+        );
+        assert_eq!(
+            o,
+            Outcome {
+                stdout: vec![],
+                exit_code: 0
+            }
+        );
     }
 }

@@ -88,7 +88,10 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("paths", &self.paths).field("cache", &self.cache).finish()
+        f.debug_struct("Runtime")
+            .field("paths", &self.paths)
+            .field("cache", &self.cache)
+            .finish()
     }
 }
 
@@ -100,12 +103,18 @@ impl Runtime {
             exec: Arc::new(ProcessExec),
             cache: cache_dir.map(ResultCache::new),
             timeout: DEFAULT_TIMEOUT,
-            path_env: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            path_env: std::env::var("PATH").unwrap_or_else(|_| {
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+            }),
         }
     }
 
     fn cni_path(&self) -> String {
-        self.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":")
+        self.paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
     }
 
     fn env(&self, op: Op, att: Option<&Attachment>) -> Vec<(String, String)> {
@@ -124,11 +133,26 @@ impl Runtime {
     }
 
     /// Runs one plugin with an already derived request; returns its stdout.
-    pub fn exec_plugin(&self, op: Op, plugin_type: &str, request: &[u8], att: Option<&Attachment>) -> Result<Vec<u8>> {
+    pub fn exec_plugin(
+        &self,
+        op: Op,
+        plugin_type: &str,
+        request: &[u8],
+        att: Option<&Attachment>,
+    ) -> Result<Vec<u8>> {
         let binary = exec::find_plugin(plugin_type, &self.paths)?;
         let env = self.env(op, att);
-        tracing::debug!(plugin = plugin_type, command = op.as_str(), "executing plugin");
-        let out = self.exec.run(&ExecRequest { binary: &binary, env, stdin: request, timeout: self.timeout })?;
+        tracing::debug!(
+            plugin = plugin_type,
+            command = op.as_str(),
+            "executing plugin"
+        );
+        let out = self.exec.run(&ExecRequest {
+            binary: &binary,
+            env,
+            stdin: request,
+            timeout: self.timeout,
+        })?;
         if !out.stderr.is_empty() {
             // Delegates' stderr is forwarded (spec §4), as log lines of ours.
             tracing::info!(plugin = plugin_type, stderr = %String::from_utf8_lossy(&out.stderr).trim_end(), "plugin stderr");
@@ -143,30 +167,45 @@ impl Runtime {
         let mut prev: Option<CniResult> = None;
         for plugin in &list.plugins {
             let req = derive_request(plugin, list, Op::Add, prev.as_ref(), &att.capability_args)?;
-            let out = self.exec_plugin(Op::Add, plugin.plugin_type(), &req, Some(att)).map_err(|e| ctx(e, list, plugin, Op::Add))?;
+            let out = self
+                .exec_plugin(Op::Add, plugin.plugin_type(), &req, Some(att))
+                .map_err(|e| ctx(e, list, plugin, Op::Add))?;
             let result = CniResult::from_json(&out)
                 .and_then(|r| r.convert_to(&list.cni_version))
                 .map_err(|e| ctx(e, list, plugin, Op::Add))?;
             prev = Some(result);
         }
-        let result = prev.ok_or_else(|| CniError::invalid_config(format!("network {:?} has no plugins", list.name)))?;
+        let result = prev.ok_or_else(|| {
+            CniError::invalid_config(format!("network {:?} has no plugins", list.name))
+        })?;
         if let Some(cache) = &self.cache {
-            let mut entry = CacheEntry::new(&list.name, &att.container_id, &att.ifname, list_bytes(list));
+            let mut entry =
+                CacheEntry::new(&list.name, &att.container_id, &att.ifname, list_bytes(list));
             entry.netns = att.netns.clone().unwrap_or_default();
             entry.cni_args = att.args.0.clone();
             entry.capability_args = att.capability_args.clone();
             entry.result = Some(result.to_value());
-            cache.save(&entry).map_err(|e| e.context(format!("network {:?}: caching the ADD result", list.name)))?;
+            cache.save(&entry).map_err(|e| {
+                e.context(format!("network {:?}: caching the ADD result", list.name))
+            })?;
         }
         Ok(result)
     }
 
     /// The cached result of an attachment, converted to the list's version. A cache
     /// file that cannot be read is removed and treated as absent, as libcni does.
-    pub fn cached_result(&self, list: &NetworkConfigList, att: &Attachment) -> Result<Option<CniResult>> {
-        let Some(cache) = &self.cache else { return Ok(None) };
+    pub fn cached_result(
+        &self,
+        list: &NetworkConfigList,
+        att: &Attachment,
+    ) -> Result<Option<CniResult>> {
+        let Some(cache) = &self.cache else {
+            return Ok(None);
+        };
         match cache.load(&list.name, &att.container_id, &att.ifname) {
-            Ok(Some(CacheEntry { result: Some(v), .. })) => match CniResult::from_value(&v).and_then(|r| r.convert_to(&list.cni_version)) {
+            Ok(Some(CacheEntry {
+                result: Some(v), ..
+            })) => match CniResult::from_value(&v).and_then(|r| r.convert_to(&list.cni_version)) {
                 Ok(r) => Ok(Some(r)),
                 Err(e) => {
                     tracing::warn!(error = %e, network = %list.name, "unusable cached result removed");
@@ -188,7 +227,11 @@ impl Runtime {
     /// stops at the first error and keeps the cache so the DEL can be retried.
     pub fn del_list(&self, list: &NetworkConfigList, att: &Attachment) -> Result<()> {
         check_attachment(att, false)?;
-        let prev = if version_at_least(&list.cni_version, "0.4.0") { self.cached_result(list, att)? } else { None };
+        let prev = if version_at_least(&list.cni_version, "0.4.0") {
+            self.cached_result(list, att)?
+        } else {
+            None
+        };
         self.del_list_with(list, att, prev.as_ref())?;
         if let Some(cache) = &self.cache {
             cache.remove(&list.name, &att.container_id, &att.ifname)?;
@@ -197,15 +240,23 @@ impl Runtime {
     }
 
     /// DEL with an explicit `prevResult` and no cache access (the meta-plugin keeps its own state).
-    pub fn del_list_with(&self, list: &NetworkConfigList, att: &Attachment, prev: Option<&CniResult>) -> Result<()> {
+    pub fn del_list_with(
+        &self,
+        list: &NetworkConfigList,
+        att: &Attachment,
+        prev: Option<&CniResult>,
+    ) -> Result<()> {
         check_attachment(att, false)?;
         let prev = match prev {
-            Some(p) if version_at_least(&list.cni_version, "0.4.0") => p.convert_to(&list.cni_version).ok(),
+            Some(p) if version_at_least(&list.cni_version, "0.4.0") => {
+                p.convert_to(&list.cni_version).ok()
+            }
             _ => None,
         };
         for plugin in list.plugins.iter().rev() {
             let req = derive_request(plugin, list, Op::Del, prev.as_ref(), &att.capability_args)?;
-            self.exec_plugin(Op::Del, plugin.plugin_type(), &req, Some(att)).map_err(|e| ctx(e, list, plugin, Op::Del))?;
+            self.exec_plugin(Op::Del, plugin.plugin_type(), &req, Some(att))
+                .map_err(|e| ctx(e, list, plugin, Op::Del))?;
         }
         Ok(())
     }
@@ -223,23 +274,32 @@ impl Runtime {
             return Ok(());
         }
         let prev = self.cached_result(list, att)?.ok_or_else(|| {
-            CniError::new(code::UNKNOWN_CONTAINER, format!(
-                "network {:?}: no cached result for container {:?} interface {:?}",
-                list.name, att.container_id, att.ifname
-            ))
+            CniError::new(
+                code::UNKNOWN_CONTAINER,
+                format!(
+                    "network {:?}: no cached result for container {:?} interface {:?}",
+                    list.name, att.container_id, att.ifname
+                ),
+            )
         })?;
         self.check_list_with(list, att, &prev)
     }
 
     /// CHECK with an explicit `prevResult`.
-    pub fn check_list_with(&self, list: &NetworkConfigList, att: &Attachment, prev: &CniResult) -> Result<()> {
+    pub fn check_list_with(
+        &self,
+        list: &NetworkConfigList,
+        att: &Attachment,
+        prev: &CniResult,
+    ) -> Result<()> {
         if list.disable_check {
             return Ok(());
         }
         let prev = prev.convert_to(&list.cni_version)?;
         for plugin in &list.plugins {
             let req = derive_request(plugin, list, Op::Check, Some(&prev), &att.capability_args)?;
-            self.exec_plugin(Op::Check, plugin.plugin_type(), &req, Some(att)).map_err(|e| ctx(e, list, plugin, Op::Check))?;
+            self.exec_plugin(Op::Check, plugin.plugin_type(), &req, Some(att))
+                .map_err(|e| ctx(e, list, plugin, Op::Check))?;
         }
         Ok(())
     }
@@ -252,7 +312,8 @@ impl Runtime {
         }
         for plugin in &list.plugins {
             let req = derive_request(plugin, list, Op::Status, None, &Map::new())?;
-            self.exec_plugin(Op::Status, plugin.plugin_type(), &req, None).map_err(|e| ctx(e, list, plugin, Op::Status))?;
+            self.exec_plugin(Op::Status, plugin.plugin_type(), &req, None)
+                .map_err(|e| ctx(e, list, plugin, Op::Status))?;
         }
         Ok(())
     }
@@ -267,7 +328,10 @@ impl Runtime {
         let mut errors = Vec::new();
         if let Some(cache) = &self.cache {
             for entry in cache.attachments(&list.name)? {
-                if valid.iter().any(|v| v.container_id == entry.container_id && v.ifname == entry.if_name) {
+                if valid
+                    .iter()
+                    .any(|v| v.container_id == entry.container_id && v.ifname == entry.if_name)
+                {
                     continue;
                 }
                 let att = Attachment {
@@ -313,23 +377,40 @@ impl Runtime {
 
     /// VERSION of a plugin: the versions it supports.
     pub fn plugin_versions(&self, plugin_type: &str) -> Result<Vec<String>> {
-        let req = json!({"cniVersion": version::CURRENT}).to_string().into_bytes();
+        let req = json!({"cniVersion": version::CURRENT})
+            .to_string()
+            .into_bytes();
         let binary = exec::find_plugin(plugin_type, &self.paths)?;
-        let env = vec![("CNI_COMMAND".to_string(), "VERSION".to_string()), ("PATH".to_string(), self.path_env.clone())];
-        let out = self.exec.run(&ExecRequest { binary: &binary, env, stdin: &req, timeout: self.timeout })?;
+        let env = vec![
+            ("CNI_COMMAND".to_string(), "VERSION".to_string()),
+            ("PATH".to_string(), self.path_env.clone()),
+        ];
+        let out = self.exec.run(&ExecRequest {
+            binary: &binary,
+            env,
+            stdin: &req,
+            timeout: self.timeout,
+        })?;
         let stdout = exec::interpret(&binary, out)?;
-        let v: Value = serde_json::from_slice(&stdout)
-            .map_err(|e| CniError::decode(format!("plugin {plugin_type:?}: bad VERSION output: {e}")))?;
+        let v: Value = serde_json::from_slice(&stdout).map_err(|e| {
+            CniError::decode(format!("plugin {plugin_type:?}: bad VERSION output: {e}"))
+        })?;
         Ok(v.get("supportedVersions")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_else(|| vec!["0.1.0".into(), "0.2.0".into()]))
     }
 
     /// Checks that every plugin binary exists and supports the list's version (libcni `ValidateNetworkList`).
     pub fn validate_list(&self, list: &NetworkConfigList) -> Result<()> {
         for plugin in &list.plugins {
-            let versions = self.plugin_versions(plugin.plugin_type()).map_err(|e| ctx(e, list, plugin, Op::Add))?;
+            let versions = self
+                .plugin_versions(plugin.plugin_type())
+                .map_err(|e| ctx(e, list, plugin, Op::Add))?;
             if !versions.iter().any(|v| v == &list.cni_version) {
                 return Err(CniError::incompatible_version(format!(
                     "network {:?}: plugin {:?} does not support config version {:?} (it supports {})",
@@ -350,7 +431,12 @@ fn version_at_least(v: &str, min: &str) -> bool {
 }
 
 fn ctx(e: CniError, list: &NetworkConfigList, plugin: &PluginConf, op: Op) -> CniError {
-    e.context(format!("network {:?}: plugin {:?} failed on {}", list.name, plugin.plugin_type(), op.as_str()))
+    e.context(format!(
+        "network {:?}: plugin {:?} failed on {}",
+        list.name,
+        plugin.plugin_type(),
+        op.as_str()
+    ))
 }
 
 fn check_attachment(att: &Attachment, needs_netns: bool) -> Result<()> {
@@ -363,8 +449,14 @@ fn check_attachment(att: &Attachment, needs_netns: bool) -> Result<()> {
 }
 
 fn join_errors(errors: Vec<CniError>) -> Result<()> {
-    let Some(first) = errors.first() else { return Ok(()) };
-    let msg = errors.iter().map(|e| e.msg.as_str()).collect::<Vec<_>>().join("; ");
+    let Some(first) = errors.first() else {
+        return Ok(());
+    };
+    let msg = errors
+        .iter()
+        .map(|e| e.msg.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
     Err(CniError::new(first.code, msg))
 }
 
@@ -397,7 +489,10 @@ pub fn derive_object(
         req.insert("runtimeConfig".into(), Value::Object(rc));
     }
     if let Some(p) = prev {
-        req.insert("prevResult".into(), p.convert_to(&list.cni_version)?.to_value());
+        req.insert(
+            "prevResult".into(),
+            p.convert_to(&list.cni_version)?.to_value(),
+        );
     }
     Ok(req)
 }
@@ -410,7 +505,11 @@ pub fn derive_request(
     prev: Option<&CniResult>,
     capability_args: &Map<String, Value>,
 ) -> Result<Vec<u8>> {
-    Ok(Value::Object(derive_object(plugin, list, op, prev, capability_args)?).to_string().into_bytes())
+    Ok(
+        Value::Object(derive_object(plugin, list, op, prev, capability_args)?)
+            .to_string()
+            .into_bytes(),
+    )
 }
 
 #[cfg(test)]
@@ -426,10 +525,16 @@ mod tests {
         }))
         .unwrap();
         let mut caps = Map::new();
-        caps.insert("portMappings".into(), json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]));
+        caps.insert(
+            "portMappings".into(),
+            json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
+        );
         caps.insert("ips".into(), json!(["192.0.2.4/24"]));
         caps.insert("bandwidth".into(), json!({}));
-        let prev = CniResult::from_json(br#"{"cniVersion":"0.4.0","ips":[{"version":"4","address":"192.0.2.4/24"}]}"#).unwrap();
+        let prev = CniResult::from_json(
+            br#"{"cniVersion":"0.4.0","ips":[{"version":"4","address":"192.0.2.4/24"}]}"#,
+        )
+        .unwrap();
         let req = derive_object(&list.plugins[0], &list, Op::Add, Some(&prev), &caps).unwrap();
         assert_eq!(
             Value::Object(req),
@@ -444,12 +549,34 @@ mod tests {
     #[test]
     fn attachment_checks() {
         let rt = Runtime::new(vec![], None);
-        let list = NetworkConfigList::from_value(json!({"cniVersion":"1.0.0","name":"n","plugins":[{"type":"p"}]})).unwrap();
-        let att = Attachment { container_id: "../x".into(), netns: Some("/run/netns/x".into()), ifname: "eth0".into(), ..Default::default() };
+        let list = NetworkConfigList::from_value(
+            json!({"cniVersion":"1.0.0","name":"n","plugins":[{"type":"p"}]}),
+        )
+        .unwrap();
+        let att = Attachment {
+            container_id: "../x".into(),
+            netns: Some("/run/netns/x".into()),
+            ifname: "eth0".into(),
+            ..Default::default()
+        };
         assert_eq!(rt.add_list(&list, &att).unwrap_err().code, 4);
-        let att = Attachment { container_id: "c".into(), netns: None, ifname: "eth0".into(), ..Default::default() };
-        assert!(rt.add_list(&list, &att).unwrap_err().msg.contains("CNI_NETNS"));
-        let att = Attachment { container_id: "c".into(), netns: Some("/x".into()), ifname: "eth0".into(), ..Default::default() };
+        let att = Attachment {
+            container_id: "c".into(),
+            netns: None,
+            ifname: "eth0".into(),
+            ..Default::default()
+        };
+        assert!(rt
+            .add_list(&list, &att)
+            .unwrap_err()
+            .msg
+            .contains("CNI_NETNS"));
+        let att = Attachment {
+            container_id: "c".into(),
+            netns: Some("/x".into()),
+            ifname: "eth0".into(),
+            ..Default::default()
+        };
         let e = rt.add_list(&list, &att).unwrap_err();
         assert!(e.msg.contains("failed to find plugin \"p\""), "{}", e.msg);
     }

@@ -31,7 +31,9 @@ pub fn container_id(id: &str) -> Result<()> {
 /// A network `name`: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$` and nothing illegal in a path (spec §1).
 pub fn network_name(name: &str) -> Result<()> {
     if name.is_empty() {
-        return Err(CniError::invalid_config("network configuration has no \"name\""));
+        return Err(CniError::invalid_config(
+            "network configuration has no \"name\"",
+        ));
     }
     if !is_spec_identifier(name) || name.contains("..") {
         return Err(CniError::invalid_config(format!(
@@ -47,12 +49,17 @@ pub fn ifname(name: &str) -> std::result::Result<(), String> {
         return Err("interface name is empty".into());
     }
     if name.len() > MAX_IFNAME_LEN {
-        return Err(format!("interface name {name:?} is longer than {MAX_IFNAME_LEN} bytes"));
+        return Err(format!(
+            "interface name {name:?} is longer than {MAX_IFNAME_LEN} bytes"
+        ));
     }
     if name == "." || name == ".." {
         return Err(format!("interface name {name:?} is not allowed"));
     }
-    if let Some(c) = name.chars().find(|c| matches!(c, '/' | ':' | '\0') || c.is_whitespace()) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| matches!(c, '/' | ':' | '\0') || c.is_whitespace())
+    {
         return Err(format!("interface name {name:?} contains {c:?}"));
     }
     Ok(())

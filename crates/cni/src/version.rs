@@ -4,7 +4,9 @@ use crate::error::{CniError, Result};
 use std::cmp::Ordering;
 
 /// Every spec version whose results this crate reads and writes, oldest first.
-pub const SUPPORTED: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const SUPPORTED: &[&str] = &[
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
 
 /// The newest spec version implemented.
 pub const CURRENT: &str = "1.1.0";
@@ -20,13 +22,11 @@ impl Version {
             return Ok(Version(0, 1, 0));
         }
         let mut parts = [0u32; 3];
-        let mut n = 0;
-        for p in s.split('.') {
+        for (n, p) in s.split('.').enumerate() {
             if n == 3 {
                 return Err(bad_version(s));
             }
             parts[n] = p.parse().map_err(|_| bad_version(s))?;
-            n += 1;
         }
         Ok(Version(parts[0], parts[1], parts[2]))
     }
@@ -60,10 +60,13 @@ pub fn negotiate(cni_version: &str, cni_versions: Option<&[String]>) -> Result<S
     };
     let current = Version::parse(CURRENT)?;
     let mut best: Option<(Version, &str)> = None;
-    let candidates = list.iter().map(String::as_str).chain((!cni_version.is_empty()).then_some(cni_version));
+    let candidates = list
+        .iter()
+        .map(String::as_str)
+        .chain((!cni_version.is_empty()).then_some(cni_version));
     for v in candidates {
-        let parsed = Version::parse(v)
-            .map_err(|e| e.context(format!("cniVersions entry {v:?}")))?;
+        let parsed =
+            Version::parse(v).map_err(|e| e.context(format!("cniVersions entry {v:?}")))?;
         if parsed > current {
             continue;
         }
@@ -71,7 +74,9 @@ pub fn negotiate(cni_version: &str, cni_versions: Option<&[String]>) -> Result<S
             best = Some((parsed, v));
         }
     }
-    Ok(best.map(|(_, v)| v.to_string()).unwrap_or_else(|| cni_version.to_string()))
+    Ok(best
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_else(|| cni_version.to_string()))
 }
 
 #[cfg(test)]
@@ -91,7 +96,11 @@ mod tests {
 
     #[test]
     fn negotiation_picks_highest_supported() {
-        let vs = vec!["1.0.0".to_string(), "1.1.0".to_string(), "2.0.0".to_string()];
+        let vs = vec![
+            "1.0.0".to_string(),
+            "1.1.0".to_string(),
+            "2.0.0".to_string(),
+        ];
         assert_eq!(negotiate("0.4.0", Some(&vs)).unwrap(), "1.1.0");
         assert_eq!(negotiate("0.4.0", None).unwrap(), "0.4.0");
         let only_future = vec!["9.0.0".to_string()];

@@ -27,7 +27,11 @@ pub fn ip(ns: Option<&str>, args: &[&str]) -> String {
         cmd.args(["-n", n]);
     }
     let out = cmd.args(args).output().expect("running ip (iproute2)");
-    assert!(out.status.success(), "ip {args:?} in {ns:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ip {args:?} in {ns:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -38,17 +42,25 @@ fn ip_json(ns: &str, args: &[&str]) -> Vec<Value> {
     if out.trim().is_empty() {
         return Vec::new();
     }
-    serde_json::from_str::<Value>(&out).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
+    serde_json::from_str::<Value>(&out)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
 }
 
 /// Names of the links in `ns`.
 pub fn links(ns: &str) -> Vec<String> {
-    ip_json(ns, &["link", "show"]).iter().filter_map(|l| l["ifname"].as_str().map(str::to_string)).collect()
+    ip_json(ns, &["link", "show"])
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// One link's `ip -j addr show` object, if it exists.
 pub fn link(ns: &str, name: &str) -> Option<Value> {
-    ip_json(ns, &["addr", "show"]).into_iter().find(|l| l["ifname"] == name)
+    ip_json(ns, &["addr", "show"])
+        .into_iter()
+        .find(|l| l["ifname"] == name)
 }
 
 /// `address/prefix` strings of a link.
@@ -58,7 +70,13 @@ pub fn addresses(ns: &str, name: &str) -> Vec<String> {
         .unwrap_or_default()
         .iter()
         .filter(|a| a["scope"] != "link")
-        .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or_default(), a["prefixlen"]))
+        .map(|a| {
+            format!(
+                "{}/{}",
+                a["local"].as_str().unwrap_or_default(),
+                a["prefixlen"]
+            )
+        })
         .collect()
 }
 
@@ -70,7 +88,19 @@ pub fn routes(ns: &str, family: &str) -> Vec<Value> {
 /// Pings `addr` from `ns` (`count` packets, 1 s deadline each); true when answered.
 pub fn ping(ns: &str, addr: &str, count: u32) -> bool {
     Command::new("ip")
-        .args(["netns", "exec", ns, "ping", "-c", &count.to_string(), "-W", "1", "-i", "0.2", addr])
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-c",
+            &count.to_string(),
+            "-W",
+            "1",
+            "-i",
+            "0.2",
+            addr,
+        ])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
@@ -129,7 +159,11 @@ impl World {
             })
             .collect();
         let dir = tempfile_dir::TempDir::new(&unique("plexus-e2e-"));
-        World { host, containers, dir }
+        World {
+            host,
+            containers,
+            dir,
+        }
     }
 
     /// The host namespace's name.
@@ -158,7 +192,10 @@ impl World {
     pub fn veth_master(&self) -> String {
         let a = unique("mst");
         let b = format!("{a}p");
-        ip(Some(self.host()), &["link", "add", &a, "type", "veth", "peer", "name", &b]);
+        ip(
+            Some(self.host()),
+            &["link", "add", &a, "type", "veth", "peer", "name", &b],
+        );
         ip(Some(self.host()), &["link", "set", &a, "up"]);
         ip(Some(self.host()), &["link", "set", &b, "up"]);
         a
@@ -183,6 +220,9 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
 
 /// The directory holding the test plugin binary and the reference plugins, for `CNI_PATH`.
 pub fn plugin_paths(test_plugin: &str) -> Vec<PathBuf> {
-    let own = Path::new(test_plugin).parent().map(Path::to_path_buf).unwrap_or_default();
+    let own = Path::new(test_plugin)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     vec![PathBuf::from(REFERENCE_PLUGINS), own]
 }

@@ -74,11 +74,20 @@ impl NetNs {
     /// whose link reads `net:[...]`), never a regular file or another namespace type.
     pub fn open(path: impl AsRef<Path>) -> Result<NetNs> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| NetnsError::Open { path: path.clone(), source })?;
-        let not = |what: String| NetnsError::NotNetns { path: path.clone(), what };
+        let file = File::open(&path).map_err(|source| NetnsError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let not = |what: String| NetnsError::NotNetns {
+            path: path.clone(),
+            what,
+        };
         let fs = fstatfs(&file).map_err(|e| not(format!("statfs: {e}")))?;
         if fs.filesystem_type() != NSFS_MAGIC && fs.filesystem_type() != PROC_SUPER_MAGIC {
-            return Err(not(format!("filesystem type {:#x}", fs.filesystem_type().0)));
+            return Err(not(format!(
+                "filesystem type {:#x}",
+                fs.filesystem_type().0
+            )));
         }
         let kind = ns_type(&file).map_err(|e| not(format!("NS_GET_NSTYPE: {e}")))?;
         if kind != CloneFlags::CLONE_NEWNET.bits() {
@@ -101,7 +110,10 @@ impl NetNs {
     pub fn id(&self) -> Result<String> {
         nix::sys::stat::fstat(&self.file)
             .map(|st| format!("net:[{}]", st.st_ino))
-            .map_err(|e| NetnsError::Open { path: self.path.clone(), source: e.into() })
+            .map_err(|e| NetnsError::Open {
+                path: self.path.clone(),
+                source: e.into(),
+            })
     }
 
     /// Runs `f` inside the namespace on a dedicated thread and returns its value.
@@ -109,8 +121,12 @@ impl NetNs {
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         std::thread::scope(|s| {
             s.spawn(|| {
-                setns(&self.file, CloneFlags::CLONE_NEWNET)
-                    .map_err(|source| NetnsError::Enter { path: self.path.clone(), source })?;
+                setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|source| {
+                    NetnsError::Enter {
+                        path: self.path.clone(),
+                        source,
+                    }
+                })?;
                 // The thread ends right after: nothing runs on it in this namespace again.
                 Ok(f())
             })
@@ -142,7 +158,9 @@ fn check_name(name: &str) -> Result<()> {
         && name.len() <= 64
         && name != "."
         && name != ".."
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
@@ -168,10 +186,18 @@ impl NamedNetNs {
     /// Creates a new namespace bound at `dir/name`.
     pub fn create_in(dir: &Path, name: &str) -> Result<NamedNetNs> {
         check_name(name)?;
-        let err = |op, source| NetnsError::Manage { name: name.to_string(), op, source };
+        let err = |op, source| NetnsError::Manage {
+            name: name.to_string(),
+            op,
+            source,
+        };
         std::fs::create_dir_all(dir).map_err(|e| err("create directory", e))?;
         let path = dir.join(name);
-        std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| err("create mount point", e))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| err("create mount point", e))?;
         let bound = std::thread::scope(|s| {
             s.spawn(|| -> std::io::Result<()> {
                 unshare(CloneFlags::CLONE_NEWNET)?;
@@ -191,7 +217,11 @@ impl NamedNetNs {
             let _ = std::fs::remove_file(&path);
             return Err(err("bind mount", e));
         }
-        Ok(NamedNetNs { name: name.to_string(), path, removed: false })
+        Ok(NamedNetNs {
+            name: name.to_string(),
+            path,
+            removed: false,
+        })
     }
 
     /// The name.
@@ -224,12 +254,20 @@ impl NamedNetNs {
 fn remove_path(name: &str, path: &Path) -> Result<()> {
     match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-        Err(e) => return Err(NetnsError::Manage { name: name.into(), op: "unmount", source: e.into() }),
+        Err(e) => {
+            return Err(NetnsError::Manage {
+                name: name.into(),
+                op: "unmount",
+                source: e.into(),
+            })
+        }
     }
     match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(NetnsError::Manage { name: name.into(), op: "remove mount point", source: e })
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(NetnsError::Manage {
+            name: name.into(),
+            op: "remove mount point",
+            source: e,
+        }),
         _ => Ok(()),
     }
 }
@@ -252,10 +290,19 @@ mod tests {
         std::fs::write(&d, b"x").unwrap();
         assert!(matches!(NetNs::open(&d), Err(NetnsError::NotNetns { .. })));
         std::fs::remove_file(&d).unwrap();
-        assert!(matches!(NetNs::open("/nonexistent/ns"), Err(NetnsError::Open { .. })));
-        assert!(matches!(NetNs::open("/proc/self/ns/uts"), Err(NetnsError::NotNetns { .. })));
+        assert!(matches!(
+            NetNs::open("/nonexistent/ns"),
+            Err(NetnsError::Open { .. })
+        ));
+        assert!(matches!(
+            NetNs::open("/proc/self/ns/uts"),
+            Err(NetnsError::NotNetns { .. })
+        ));
         for bad in ["", "..", "a/b", "../x"] {
-            assert!(matches!(NamedNetNs::create(bad), Err(NetnsError::InvalidName(_))), "{bad}");
+            assert!(
+                matches!(NamedNetNs::create(bad), Err(NetnsError::InvalidName(_))),
+                "{bad}"
+            );
         }
     }
 

@@ -127,15 +127,28 @@ impl CniResult {
         let to = shape_of(target)?;
         let t = target.to_string();
         Ok(match (self, to) {
-            (CniResult::V020(r), Shape::V020) => CniResult::V020(Result020 { cni_version: t, ..r.clone() }),
+            (CniResult::V020(r), Shape::V020) => CniResult::V020(Result020 {
+                cni_version: t,
+                ..r.clone()
+            }),
             (CniResult::V020(r), Shape::V040) => CniResult::V040(from_020(r, t)),
-            (CniResult::V020(r), Shape::V100) => CniResult::V100(from_040(&from_020(r, "0.4.0".into()), t)),
+            (CniResult::V020(r), Shape::V100) => {
+                CniResult::V100(from_040(&from_020(r, "0.4.0".into()), t))
+            }
             (CniResult::V040(r), Shape::V020) => CniResult::V020(to_020(r, t)?),
-            (CniResult::V040(r), Shape::V040) => CniResult::V040(Result040 { cni_version: t, ..r.clone() }),
+            (CniResult::V040(r), Shape::V040) => CniResult::V040(Result040 {
+                cni_version: t,
+                ..r.clone()
+            }),
             (CniResult::V040(r), Shape::V100) => CniResult::V100(from_040(r, t)),
-            (CniResult::V100(r), Shape::V020) => CniResult::V020(to_020(&to_040(r, "0.4.0".into()), t)?),
+            (CniResult::V100(r), Shape::V020) => {
+                CniResult::V020(to_020(&to_040(r, "0.4.0".into()), t)?)
+            }
             (CniResult::V100(r), Shape::V040) => CniResult::V040(to_040(r, t)),
-            (CniResult::V100(r), Shape::V100) => CniResult::V100(Result100 { cni_version: t, ..r.clone() }),
+            (CniResult::V100(r), Shape::V100) => CniResult::V100(Result100 {
+                cni_version: t,
+                ..r.clone()
+            }),
         })
     }
 
@@ -144,7 +157,10 @@ impl CniResult {
         match self.convert_to(version::CURRENT) {
             Ok(CniResult::V100(r)) => r,
             // Converting up never fails and always yields the 1.x shape.
-            _ => Result100 { cni_version: version::CURRENT.into(), ..Result100::default() },
+            _ => Result100 {
+                cni_version: version::CURRENT.into(),
+                ..Result100::default()
+            },
         }
     }
 }
@@ -157,10 +173,21 @@ fn family(net: &IpNet) -> &'static str {
 }
 
 fn from_020(r: &Result020, version: String) -> Result040 {
-    let mut out = Result040 { cni_version: version, interfaces: vec![], ips: vec![], routes: vec![], dns: r.dns.clone() };
+    let mut out = Result040 {
+        cni_version: version,
+        interfaces: vec![],
+        ips: vec![],
+        routes: vec![],
+        dns: r.dns.clone(),
+    };
     for (cfg, fam) in [(&r.ip4, "4"), (&r.ip6, "6")] {
         if let Some(c) = cfg {
-            out.ips.push(v040::IpConfig { version: fam.into(), interface: None, address: c.ip, gateway: c.gateway });
+            out.ips.push(v040::IpConfig {
+                version: fam.into(),
+                interface: None,
+                address: c.ip,
+                gateway: c.gateway,
+            });
             out.routes.extend(c.routes.iter().cloned());
         }
     }
@@ -168,7 +195,12 @@ fn from_020(r: &Result020, version: String) -> Result040 {
 }
 
 fn to_020(r: &Result040, version: String) -> Result<Result020> {
-    let mut out = Result020 { cni_version: version, ip4: None, ip6: None, dns: r.dns.clone() };
+    let mut out = Result020 {
+        cni_version: version,
+        ip4: None,
+        ip6: None,
+        dns: r.dns.clone(),
+    };
     // Only the first address of each family: 0.2.0 cannot hold more.
     for ip in &r.ips {
         let slot = match ip.version.as_str() {
@@ -177,7 +209,11 @@ fn to_020(r: &Result040, version: String) -> Result<Result020> {
             _ => continue,
         };
         if slot.is_none() {
-            *slot = Some(v020::IpConfig { ip: ip.address, gateway: ip.gateway, routes: vec![] });
+            *slot = Some(v020::IpConfig {
+                ip: ip.address,
+                gateway: ip.gateway,
+                routes: vec![],
+            });
         }
         if out.ip4.is_some() && out.ip6.is_some() {
             break;
@@ -208,7 +244,11 @@ fn from_040(r: &Result040, version: String) -> Result100 {
         ips: r
             .ips
             .iter()
-            .map(|ip| v100::IpConfig { interface: ip.interface, address: ip.address, gateway: ip.gateway })
+            .map(|ip| v100::IpConfig {
+                interface: ip.interface,
+                address: ip.address,
+                gateway: ip.gateway,
+            })
             .collect(),
         routes: r.routes.clone(),
         dns: r.dns.clone(),

@@ -43,7 +43,10 @@ fn up_from_020_flattens_routes_and_adds_versions() {
         })
     );
     let v1 = r.convert_to("1.1.0").unwrap().to_value();
-    assert_eq!(v1["ips"][0], json!({"address": "192.0.2.5/24", "gateway": "192.0.2.1"}));
+    assert_eq!(
+        v1["ips"][0],
+        json!({"address": "192.0.2.5/24", "gateway": "192.0.2.1"})
+    );
 }
 
 #[test]
@@ -78,7 +81,10 @@ fn down_to_040_drops_11_interface_fields_and_recomputes_version() {
     }));
     let v = r.convert_to("0.3.1").unwrap().to_value();
     assert_eq!(v["interfaces"], json!([{"name": "eth0"}]));
-    assert_eq!(v["ips"], json!([{"version": "6", "interface": 0, "address": "2001:db8::5/64"}]));
+    assert_eq!(
+        v["ips"],
+        json!([{"version": "6", "interface": 0, "address": "2001:db8::5/64"}])
+    );
 }
 
 #[test]
@@ -103,27 +109,65 @@ fn arb_net() -> impl Strategy<Value = IpNet> {
 }
 
 fn arb_addr() -> impl Strategy<Value = IpAddr> {
-    prop_oneof![any::<[u8; 4]>().prop_map(IpAddr::from), any::<[u8; 16]>().prop_map(IpAddr::from)]
+    prop_oneof![
+        any::<[u8; 4]>().prop_map(IpAddr::from),
+        any::<[u8; 16]>().prop_map(IpAddr::from)
+    ]
 }
 
 fn arb_route() -> impl Strategy<Value = Route> {
-    (arb_net(), proptest::option::of(arb_addr()), proptest::option::of(1u32..9000), proptest::option::of(0u32..300))
-        .prop_map(|(dst, gw, mtu, table)| Route { mtu, table, ..Route::new(dst, gw) })
+    (
+        arb_net(),
+        proptest::option::of(arb_addr()),
+        proptest::option::of(1u32..9000),
+        proptest::option::of(0u32..300),
+    )
+        .prop_map(|(dst, gw, mtu, table)| Route {
+            mtu,
+            table,
+            ..Route::new(dst, gw)
+        })
 }
 
 fn arb_result() -> impl Strategy<Value = Result100> {
-    let iface = ("[a-z]{1,6}[0-9]", proptest::option::of(576u32..9000), "(/run/netns/[a-z]{1,5})?")
-        .prop_map(|(name, mtu, sandbox)| Interface { name, mtu, sandbox, ..Interface::default() });
-    let ip = (proptest::option::of(0i32..3), arb_net(), proptest::option::of(arb_addr()))
-        .prop_map(|(interface, address, gateway)| v100::IpConfig { interface, address, gateway });
-    let dns = proptest::collection::vec("[0-9.]{1,8}", 0..2).prop_map(|nameservers| Dns { nameservers, ..Dns::default() });
+    let iface = (
+        "[a-z]{1,6}[0-9]",
+        proptest::option::of(576u32..9000),
+        "(/run/netns/[a-z]{1,5})?",
+    )
+        .prop_map(|(name, mtu, sandbox)| Interface {
+            name,
+            mtu,
+            sandbox,
+            ..Interface::default()
+        });
+    let ip = (
+        proptest::option::of(0i32..3),
+        arb_net(),
+        proptest::option::of(arb_addr()),
+    )
+        .prop_map(|(interface, address, gateway)| v100::IpConfig {
+            interface,
+            address,
+            gateway,
+        });
+    let dns = proptest::collection::vec("[0-9.]{1,8}", 0..2).prop_map(|nameservers| Dns {
+        nameservers,
+        ..Dns::default()
+    });
     (
         proptest::collection::vec(iface, 0..3),
         proptest::collection::vec(ip, 0..4),
         proptest::collection::vec(arb_route(), 0..4),
         dns,
     )
-        .prop_map(|(interfaces, ips, routes, dns)| Result100 { cni_version: "1.1.0".into(), interfaces, ips, routes, dns })
+        .prop_map(|(interfaces, ips, routes, dns)| Result100 {
+            cni_version: "1.1.0".into(),
+            interfaces,
+            ips,
+            routes,
+            dns,
+        })
 }
 
 proptest! {

@@ -60,7 +60,15 @@ pub struct Route {
 impl Route {
     /// A plain route to `dst` via `gw`.
     pub fn new(dst: IpNet, gw: Option<IpAddr>) -> Self {
-        Route { dst, gw, mtu: None, advmss: None, priority: None, table: None, scope: None }
+        Route {
+            dst,
+            gw,
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        }
     }
 
     /// True when the route is a default route (`0.0.0.0/0` or `::/0`).

@@ -15,9 +15,15 @@ use std::io::{Read, Write};
 struct TestPlugin;
 
 fn record(config: &Value, env: &HashMap<String, String>) {
-    let Some(dir) = config.get("recordDir").and_then(Value::as_str) else { return };
+    let Some(dir) = config.get("recordDir").and_then(Value::as_str) else {
+        return;
+    };
     let line = json!({"env": env, "config": config});
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(format!("{dir}/calls.jsonl")) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(format!("{dir}/calls.jsonl"))
+    {
         let _ = writeln!(f, "{line}");
     }
 }
@@ -25,19 +31,33 @@ fn record(config: &Value, env: &HashMap<String, String>) {
 impl Plugin for TestPlugin {
     fn add(&self, req: &Request) -> Result<CniResult> {
         let prev = req.prev_result()?;
-        let ip = req.config.get("ip").and_then(Value::as_str).unwrap_or("192.0.2.100/24");
+        let ip = req
+            .config
+            .get("ip")
+            .and_then(Value::as_str)
+            .unwrap_or("192.0.2.100/24");
         let mut result = match prev {
             Some(p) => p.to_current(),
             None => CniResult::from_json(br#"{"cniVersion":"1.1.0"}"#)?.to_current(),
         };
         result.interfaces.push(plexus_cni::result::Interface {
             name: req.ifname.clone(),
-            sandbox: req.netns.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            sandbox: req
+                .netns
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             ..Default::default()
         });
         let idx = (result.interfaces.len() - 1) as i32;
-        let address = ip.parse().map_err(|e| CniError::invalid_config(format!("ip {ip:?}: {e}")))?;
-        result.ips.push(plexus_cni::result::v100::IpConfig { interface: Some(idx), address, gateway: None });
+        let address = ip
+            .parse()
+            .map_err(|e| CniError::invalid_config(format!("ip {ip:?}: {e}")))?;
+        result.ips.push(plexus_cni::result::v100::IpConfig {
+            interface: Some(idx),
+            address,
+            gateway: None,
+        });
         Ok(CniResult::V100(result))
     }
 
@@ -66,13 +86,30 @@ fn main() {
     let _ = std::io::stdin().read_to_end(&mut stdin);
     let config: Value = serde_json::from_slice(&stdin).unwrap_or(Value::Null);
     record(&config, &env);
-    let command = env.get("CNI_COMMAND").map(String::as_str).unwrap_or_default();
-    let behavior = if command == "VERSION" { "ok" } else { config.get("behavior").and_then(Value::as_str).unwrap_or("ok") };
+    let command = env
+        .get("CNI_COMMAND")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let behavior = if command == "VERSION" {
+        "ok"
+    } else {
+        config
+            .get("behavior")
+            .and_then(Value::as_str)
+            .unwrap_or("ok")
+    };
     let mut out = std::io::stdout();
     match behavior {
         "error" => {
-            let code = config.get("errorCode").and_then(Value::as_u64).unwrap_or(100) as u32;
-            let _ = out.write_all(&CniError::new(code, "test plugin was told to fail").with_details("behavior=error").to_json("1.0.0"));
+            let code = config
+                .get("errorCode")
+                .and_then(Value::as_u64)
+                .unwrap_or(100) as u32;
+            let _ = out.write_all(
+                &CniError::new(code, "test plugin was told to fail")
+                    .with_details("behavior=error")
+                    .to_json("1.0.0"),
+            );
             std::process::exit(1);
         }
         "garbage" => {
