@@ -21,4 +21,5 @@ pub mod validate;
 pub mod version;
 
 pub use error::{code, CniError, Result};
+pub use ipnet;
 pub use result::CniResult;
