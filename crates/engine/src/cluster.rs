@@ -1,0 +1,70 @@
+//! Where pods and NADs come from and where status goes: the Kubernetes API
+//! (plexus-kube) or local files ([`crate::local`]). The engine sees only this trait.
+
+use plexus_cni::Result;
+use plexus_npwg::nad::Nad;
+use plexus_npwg::status::NetworkStatus;
+use std::collections::BTreeMap;
+
+/// What the engine reads of a pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodInfo {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID (empty when unknown).
+    pub uid: String,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl PodInfo {
+    /// A static pod: its API object is a mirror whose UID differs from the runtime's.
+    pub fn is_static(&self) -> bool {
+        self.annotations.contains_key("kubernetes.io/config.mirror")
+            || self
+                .annotations
+                .get("kubernetes.io/config.source")
+                .is_some_and(|s| s != "api")
+    }
+
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Kinds of pod events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// Normal.
+    Normal,
+    /// Warning.
+    Warning,
+}
+
+impl EventType {
+    /// The API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// The cluster as the engine needs it. Errors are CNI errors: transient API failures
+/// carry code 11 (try again later).
+pub trait Cluster: Send + Sync {
+    /// The pod, `None` when it does not exist.
+    fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<PodInfo>>;
+    /// The NAD, `None` when it does not exist.
+    fn get_nad(&self, namespace: &str, name: &str) -> Result<Option<Nad>>;
+    /// Writes the network-status annotation; a pod that is gone is not an error.
+    fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()>;
+    /// Records an event on the pod (best effort, never fails the operation).
+    fn event(&self, pod: &PodInfo, kind: EventType, reason: &str, message: &str);
+    /// Called after a successful DEL.
+    fn pod_torn_down(&self, _namespace: &str, _name: &str) {}
+}

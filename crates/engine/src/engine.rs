@@ -1,0 +1,702 @@
+//! The operations.
+
+use crate::cluster::{Cluster, EventType, PodInfo};
+use crate::config::NetConf;
+use crate::plan::{self, PlanInput, Planned};
+use crate::resolve::Resolver;
+use crate::routes;
+use crate::state::{AttachmentState, PodState, StateStore, STATE_VERSION};
+use plexus_cni::args::CniArgs;
+use plexus_cni::config::NetworkConfigList;
+use plexus_cni::result::Result100;
+use plexus_cni::runtime::{Attachment, Runtime, ValidAttachment};
+use plexus_cni::{code, fsutil, validate, CniError, CniResult, Result};
+use plexus_netns::NetNs;
+use plexus_npwg::status::{self, NetworkStatus, StatusInput};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One CNI request as the engine needs it.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_NETNS`.
+    pub netns: Option<String>,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+    /// `CNI_ARGS`.
+    pub args: CniArgs,
+    /// `CNI_PATH`.
+    pub cni_path: Vec<PathBuf>,
+}
+
+impl Request {
+    fn pod_ref(&self) -> Option<(&str, &str)> {
+        Some((
+            self.args.get("K8S_POD_NAMESPACE")?,
+            self.args.get("K8S_POD_NAME")?,
+        ))
+        .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+    }
+}
+
+/// The engine of one request (thin mode) or of the daemon (thick mode).
+pub struct Engine {
+    conf: NetConf,
+    cluster: Option<Arc<dyn Cluster>>,
+    state: StateStore,
+}
+
+struct Added {
+    planned: Planned,
+    result: CniResult,
+    device_info: Option<Value>,
+}
+
+impl Engine {
+    /// An engine for `conf`; `cluster` is `None` when neither the API nor local mode is configured.
+    pub fn new(conf: NetConf, cluster: Option<Arc<dyn Cluster>>) -> Engine {
+        let state = StateStore::new(&conf.cni_dir);
+        Engine {
+            conf,
+            cluster,
+            state,
+        }
+    }
+
+    /// The configuration.
+    pub fn conf(&self) -> &NetConf {
+        &self.conf
+    }
+
+    fn runtime(&self, cni_path: &[PathBuf]) -> Runtime {
+        let mut paths = vec![self.conf.bin_dir.clone()];
+        paths.extend(
+            cni_path
+                .iter()
+                .filter(|p| **p != self.conf.bin_dir)
+                .cloned(),
+        );
+        let mut rt = Runtime::new(paths, Some(self.conf.cni_dir.clone()));
+        rt.timeout = self.conf.delegate_timeout();
+        rt
+    }
+
+    fn resolver(&self) -> Resolver<'_> {
+        Resolver {
+            conf: &self.conf,
+            cluster: self.cluster.as_deref(),
+        }
+    }
+
+    fn wait_ready(&self) -> Result<()> {
+        let f = &self.conf.readiness_indicator_file;
+        if f.is_empty() {
+            return Ok(());
+        }
+        let deadline =
+            Instant::now() + Duration::from_secs(self.conf.plexus.readiness_timeout_seconds);
+        loop {
+            if std::path::Path::new(f).exists() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(CniError::new(
+                    code::TRY_AGAIN_LATER,
+                    format!("the default network is not ready: readiness indicator file {f:?} does not exist"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn pod(&self, req: &Request) -> Result<Option<PodInfo>> {
+        let (Some(c), Some((ns, name))) = (&self.cluster, req.pod_ref()) else {
+            return Ok(None);
+        };
+        c.get_pod(ns, name)
+    }
+
+    /// ADD: attaches the default network, then every selected network, in order; on
+    /// any failure DELs what was attempted, in reverse, and leaves nothing behind.
+    pub fn add(&self, req: &Request) -> Result<CniResult> {
+        validate::container_id(&req.container_id)?;
+        validate::env_ifname(&req.ifname)?;
+        let netns_path = req
+            .netns
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| CniError::invalid_env("CNI_NETNS is required"))?;
+        let netns = NetNs::open(&netns_path)
+            .map_err(|e| CniError::invalid_env(format!("CNI_NETNS: {e}")))?;
+        self.wait_ready()?;
+        let pod = self.pod(req)?;
+        if let (Some((ns, name)), None, Some(_)) = (req.pod_ref(), &pod, &self.cluster) {
+            // The pod is already gone: nothing will use this sandbox (Multus does the same).
+            tracing::warn!(pod = %format!("{ns}/{name}"), "pod not found, returning an empty result");
+            return empty_result(&self.conf.cni_version, &req.ifname, &netns_path);
+        }
+        if let (Some(p), Some(uid)) = (&pod, req.args.get("K8S_POD_UID")) {
+            if !uid.is_empty() && !p.uid.is_empty() && p.uid != uid && !p.is_static() {
+                return Err(CniError::new(
+                    code::UNKNOWN_CONTAINER,
+                    format!(
+                        "pod \"{}\": UID mismatch: the runtime has {uid}, the API has {}",
+                        p.key(),
+                        p.uid
+                    ),
+                ));
+            }
+        }
+        let input = PlanInput {
+            container_id: &req.container_id,
+            ifname: &req.ifname,
+            args: &req.args,
+            pod: pod.as_ref(),
+        };
+        let r = self.resolver();
+        let nets = plan::networks(&r, &input)?;
+        let planned = plan::attachments(&r, &input, nets, &self.conf.runtime_config)?;
+        for p in &planned {
+            if interface_exists(&netns, &p.ifname)? {
+                return Err(CniError::invalid_config(format!(
+                    "network \"{}\": interface {:?} already exists in {netns_path}",
+                    p.name, p.ifname
+                )));
+            }
+        }
+        let mut st = PodState {
+            version: STATE_VERSION,
+            container_id: req.container_id.clone(),
+            netns: netns_path.clone(),
+            pod_namespace: pod
+                .as_ref()
+                .map(|p| p.namespace.clone())
+                .unwrap_or_default(),
+            pod_name: pod.as_ref().map(|p| p.name.clone()).unwrap_or_default(),
+            pod_uid: pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default(),
+            attachments: planned.iter().map(to_state).collect(),
+        };
+        self.state.save(&st)?;
+        let rt = self.runtime(&req.cni_path);
+        let mut added: Vec<Added> = Vec::with_capacity(planned.len());
+        for (i, p) in planned.into_iter().enumerate() {
+            st.attachments[i].attempted = true;
+            if let Err(e) = self.state.save(&st) {
+                return Err(self.rollback(&rt, &mut st, e));
+            }
+            match self.add_one(&rt, req, &netns_path, &p) {
+                Ok(a) => {
+                    st.attachments[i].result = Some(a.result.to_current_value());
+                    added.push(a);
+                }
+                Err(e) => return Err(self.rollback(&rt, &mut st, e)),
+            }
+        }
+        if let Err(e) = self.finish_add(&rt, &netns, &mut st, &mut added, pod.as_ref()) {
+            return Err(self.rollback(&rt, &mut st, e));
+        }
+        let master = &added[0].result;
+        master
+            .convert_to(&self.conf.cni_version)
+            .map_err(|e| e.context("converting the default network's result"))
+    }
+
+    fn add_one(&self, rt: &Runtime, req: &Request, netns: &str, p: &Planned) -> Result<Added> {
+        let att = attachment(
+            &req.container_id,
+            Some(netns),
+            p.ifname.clone(),
+            p.cni_args.clone(),
+            p.capability_args.clone(),
+        );
+        let ctx =
+            |e: CniError| e.context(format!("network \"{}\" (interface {:?})", p.name, p.ifname));
+        let result = rt.add_list(&p.list, &att).map_err(ctx)?;
+        verify_requests(p, &result.to_current()).map_err(ctx)?;
+        let device_info = p
+            .device_info_file
+            .as_ref()
+            .and_then(|f| std::fs::read(f).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        Ok(Added {
+            planned: p.clone(),
+            result,
+            device_info,
+        })
+    }
+
+    /// default-route, the state with final results, status and events.
+    fn finish_add(
+        &self,
+        rt: &Runtime,
+        netns: &NetNs,
+        st: &mut PodState,
+        added: &mut [Added],
+        pod: Option<&PodInfo>,
+    ) -> Result<()> {
+        let changed = routes::apply_default_route(
+            netns,
+            added
+                .iter_mut()
+                .map(|a| (&a.planned, &mut a.result))
+                .collect(),
+        )?;
+        for i in changed {
+            let a = &added[i];
+            st.attachments[i].result = Some(a.result.to_current_value());
+            // Keep libcni's cache in step with the kernel, as the state is.
+            if let Some(cache) = &rt.cache {
+                if let Ok(Some(mut e)) =
+                    cache.load(&a.planned.list.name, &st.container_id, &a.planned.ifname)
+                {
+                    e.result = Some(a.result.to_value());
+                    cache.save(&e)?;
+                }
+            }
+        }
+        self.state.save(st)?;
+        let Some(pod) = pod else { return Ok(()) };
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        let mut statuses: Vec<NetworkStatus> = Vec::new();
+        for a in added.iter() {
+            let r = a.result.to_current();
+            let default_route = a
+                .planned
+                .selection
+                .as_ref()
+                .and_then(|s| s.default_route.as_ref())
+                .map(|_| routes::default_gateways(&r, &a.planned.ifname));
+            statuses.extend(status::entries(
+                &r,
+                StatusInput {
+                    name: &a.planned.name,
+                    is_default: a.planned.is_default,
+                    ifname: &a.planned.ifname,
+                    device_info: a.device_info.clone(),
+                    default_route,
+                },
+            ));
+        }
+        cluster
+            .set_network_status(pod, &statuses)
+            .map_err(|e| e.context(format!("pod \"{}\": writing network-status", pod.key())))?;
+        for a in added.iter() {
+            let r = a.result.to_current();
+            if r.interfaces.is_empty() && r.ips.is_empty() {
+                continue;
+            }
+            let ips: Vec<String> = r.ips.iter().map(|ip| ip.address.to_string()).collect();
+            let msg = format!(
+                "Add {} [{}] from {}",
+                a.planned.ifname,
+                ips.join(","),
+                a.planned.name
+            );
+            cluster.event(pod, EventType::Normal, "AddedInterface", &msg);
+        }
+        Ok(())
+    }
+
+    fn rollback(&self, rt: &Runtime, st: &mut PodState, cause: CniError) -> CniError {
+        tracing::warn!(error = %cause, container = %st.container_id, "ADD failed, deleting what was attempted");
+        match self.del_state(rt, st) {
+            Ok(()) => {
+                if let Err(e) = self.state.remove(&st.container_id) {
+                    tracing::error!(error = %e, "cannot remove state after rollback");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "rollback left attachments; the runtime's DEL will retry them")
+            }
+        }
+        cause
+    }
+
+    /// DELs every attempted attachment of `st` in reverse, going on after errors; the
+    /// attachments that failed stay in `st` (and on disk) so a retried DEL redoes them.
+    fn del_state(&self, rt: &Runtime, st: &mut PodState) -> Result<()> {
+        let mut errors = Vec::new();
+        let mut remaining = Vec::new();
+        for a in st.attachments.iter().rev() {
+            if !a.attempted {
+                continue;
+            }
+            match self.del_one(rt, st, a) {
+                Ok(()) => {}
+                Err(e) => {
+                    errors.push(e);
+                    remaining.push(a.clone());
+                }
+            }
+        }
+        if errors.is_empty() {
+            st.attachments.clear();
+            return Ok(());
+        }
+        remaining.reverse();
+        st.attachments = remaining;
+        self.state.save(st)?;
+        let msg = errors
+            .iter()
+            .map(|e| e.msg.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(CniError::new(errors[0].code, msg))
+    }
+
+    fn del_one(&self, rt: &Runtime, st: &PodState, a: &AttachmentState) -> Result<()> {
+        let ctx =
+            |e: CniError| e.context(format!("network \"{}\" (interface {:?})", a.name, a.ifname));
+        let list = NetworkConfigList::from_value(a.config.clone()).map_err(ctx)?;
+        let netns = Some(st.netns.as_str()).filter(|n| std::path::Path::new(n).exists());
+        let att = attachment(
+            &st.container_id,
+            netns,
+            a.ifname.clone(),
+            CniArgs(a.cni_args.clone()),
+            a.capability_args.clone(),
+        );
+        let prev = a
+            .result
+            .as_ref()
+            .and_then(|v| CniResult::from_value(v).ok());
+        rt.del_list_with(&list, &att, prev.as_ref()).map_err(ctx)?;
+        if let Some(cache) = &rt.cache {
+            cache.remove(&list.name, &st.container_id, &a.ifname)?;
+        }
+        if let Some(f) = &a.device_info_file {
+            fsutil::remove_if_exists(f)
+                .map_err(|e| CniError::io(format!("removing {}: {e}", f.display())))?;
+        }
+        Ok(())
+    }
+
+    /// DEL: from the local state only; every attachment in reverse, every error reported.
+    /// Idempotent: with nothing known it succeeds.
+    pub fn del(&self, req: &Request) -> Result<()> {
+        validate::container_id(&req.container_id)?;
+        validate::env_ifname(&req.ifname)?;
+        if !self.conf.readiness_indicator_file.is_empty()
+            && !std::path::Path::new(&self.conf.readiness_indicator_file).exists()
+        {
+            tracing::warn!(file = %self.conf.readiness_indicator_file, "readiness indicator file missing; deleting anyway");
+        }
+        let rt = self.runtime(&req.cni_path);
+        let mut st = match self.state.load(&req.container_id)? {
+            Some(s) => s,
+            None => match self.recompute_state(req) {
+                Some(s) => s,
+                None => {
+                    tracing::info!(container = %req.container_id, "DEL: no state and no pod; nothing to delete");
+                    return Ok(());
+                }
+            },
+        };
+        if let Some(n) = req.netns.as_ref().filter(|n| !n.is_empty()) {
+            st.netns = n.clone();
+        }
+        self.del_state(&rt, &mut st)?;
+        self.state.remove(&req.container_id)?;
+        if let (Some(c), false) = (&self.cluster, st.pod_name.is_empty()) {
+            c.pod_torn_down(&st.pod_namespace, &st.pod_name);
+        }
+        Ok(())
+    }
+
+    /// Without state (an ADD by another implementation, or state lost), the attachments
+    /// are planned again from the pod, best effort.
+    fn recompute_state(&self, req: &Request) -> Option<PodState> {
+        let pod = self.pod(req).ok().flatten()?;
+        let input = PlanInput {
+            container_id: &req.container_id,
+            ifname: &req.ifname,
+            args: &req.args,
+            pod: Some(&pod),
+        };
+        let r = self.resolver();
+        let nets = plan::networks(&r, &input)
+            .or_else(|_| r.cluster_network().map(|c| vec![(c, None)]))
+            .ok()?;
+        let planned = plan::attachments(&r, &input, nets, &self.conf.runtime_config).ok()?;
+        let mut attachments: Vec<AttachmentState> = planned.iter().map(to_state).collect();
+        attachments.iter_mut().for_each(|a| a.attempted = true);
+        Some(PodState {
+            version: STATE_VERSION,
+            container_id: req.container_id.clone(),
+            netns: req.netns.clone().unwrap_or_default(),
+            pod_namespace: pod.namespace,
+            pod_name: pod.name,
+            pod_uid: pod.uid,
+            attachments,
+        })
+    }
+
+    /// CHECK: every attachment, from the local state; all errors reported.
+    pub fn check(&self, req: &Request) -> Result<()> {
+        validate::container_id(&req.container_id)?;
+        validate::env_ifname(&req.ifname)?;
+        let st = self.state.load(&req.container_id)?.ok_or_else(|| {
+            CniError::new(
+                code::UNKNOWN_CONTAINER,
+                format!(
+                    "container {:?} has no Plexus state: it was never added",
+                    req.container_id
+                ),
+            )
+        })?;
+        let rt = self.runtime(&req.cni_path);
+        let netns = req.netns.clone().unwrap_or(st.netns.clone());
+        let mut errors = Vec::new();
+        for a in &st.attachments {
+            let ctx = |e: CniError| {
+                e.context(format!("network \"{}\" (interface {:?})", a.name, a.ifname))
+            };
+            let run = || -> Result<()> {
+                let list = NetworkConfigList::from_value(a.config.clone())?;
+                let prev = a
+                    .result
+                    .as_ref()
+                    .map(CniResult::from_value)
+                    .transpose()?
+                    .ok_or_else(|| {
+                        CniError::new(code::UNKNOWN_CONTAINER, "no ADD result recorded")
+                    })?;
+                if !plexus_cni::version::Version::parse(&list.cni_version)?.at_least("0.4.0") {
+                    return Ok(()); // CHECK does not exist before 0.4.0.
+                }
+                let att = attachment(
+                    &st.container_id,
+                    Some(&netns),
+                    a.ifname.clone(),
+                    CniArgs(a.cni_args.clone()),
+                    a.capability_args.clone(),
+                );
+                rt.check_list_with(&list, &att, &prev)
+            };
+            if let Err(e) = run() {
+                errors.push(ctx(e));
+            }
+        }
+        join(errors)
+    }
+
+    /// The networks the node's configuration names (cluster network, other inline
+    /// delegates, `defaultNetworks`).
+    fn node_networks(&self) -> Result<Vec<NetworkConfigList>> {
+        let r = self.resolver();
+        let mut out = vec![r.cluster_network()?.list];
+        if self
+            .conf
+            .cluster_network
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty()
+        {
+            for i in 1..self.conf.delegates.len() {
+                if let Some(d) = r.delegate(i) {
+                    out.push(d?.list);
+                }
+            }
+        }
+        for n in &self.conf.default_networks {
+            out.push(r.named(n)?.list);
+        }
+        Ok(out)
+    }
+
+    /// STATUS: waits for readiness, then STATUS on every network the node's config names;
+    /// the first error is returned with its code (50/51).
+    pub fn status(&self, cni_path: &[PathBuf]) -> Result<()> {
+        self.wait_ready()
+            .map_err(|e| CniError::new(code::NOT_AVAILABLE, e.msg))?;
+        let rt = self.runtime(cni_path);
+        for list in self.node_networks()? {
+            rt.status_list(&list)?;
+        }
+        Ok(())
+    }
+
+    /// GC: DELs every container whose Plexus attachment is not in `valid` and removes its
+    /// state; then forwards GC to every delegate of every network known, each with the
+    /// attachments of that network that are still valid. All errors are reported.
+    pub fn gc(&self, valid: &[ValidAttachment], cni_path: &[PathBuf]) -> Result<()> {
+        self.wait_ready()?;
+        let rt = self.runtime(cni_path);
+        let valid_ids: HashSet<&str> = valid.iter().map(|v| v.container_id.as_str()).collect();
+        let mut errors = Vec::new();
+        let mut lists: Vec<(NetworkConfigList, Vec<ValidAttachment>)> = Vec::new();
+        let mut remember = |list: NetworkConfigList, va: Option<ValidAttachment>| {
+            let key = list.to_value();
+            match lists.iter_mut().find(|(l, _)| l.to_value() == key) {
+                Some((_, v)) => v.extend(va),
+                None => lists.push((list, va.into_iter().collect())),
+            }
+        };
+        for cid in self.state.containers()? {
+            let mut st = match self.state.load(&cid) {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            if valid_ids.contains(cid.as_str()) {
+                for a in &st.attachments {
+                    if let Ok(l) = NetworkConfigList::from_value(a.config.clone()) {
+                        remember(
+                            l,
+                            Some(ValidAttachment {
+                                container_id: cid.clone(),
+                                ifname: a.ifname.clone(),
+                            }),
+                        );
+                    }
+                }
+                continue;
+            }
+            tracing::info!(container = %cid, "GC: container is not valid any more, deleting its attachments");
+            for a in &st.attachments {
+                if let Ok(l) = NetworkConfigList::from_value(a.config.clone()) {
+                    remember(l, None);
+                }
+            }
+            match self.del_state(&rt, &mut st) {
+                Ok(()) => {
+                    if let Err(e) = self.state.remove(&cid) {
+                        errors.push(e);
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Ok(nets) = self.node_networks() {
+            for l in nets {
+                remember(l, None);
+            }
+        }
+        for (list, valid) in &lists {
+            if list.disable_gc
+                || !plexus_cni::version::Version::parse(&list.cni_version)
+                    .is_ok_and(|v| v.at_least("1.1.0"))
+            {
+                continue;
+            }
+            errors.extend(rt.gc_plugins(list, valid));
+        }
+        join(errors)
+    }
+}
+
+fn join(errors: Vec<CniError>) -> Result<()> {
+    let Some(first) = errors.first() else {
+        return Ok(());
+    };
+    let msg = errors
+        .iter()
+        .map(|e| e.msg.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(CniError::new(first.code, msg))
+}
+
+fn to_state(p: &Planned) -> AttachmentState {
+    AttachmentState {
+        name: p.name.clone(),
+        ifname: p.ifname.clone(),
+        config: p.list.to_value(),
+        capability_args: p.capability_args.clone(),
+        cni_args: p.cni_args.0.clone(),
+        is_default: p.is_default,
+        attempted: false,
+        result: None,
+        device_info_file: p.device_info_file.clone(),
+    }
+}
+
+fn attachment(
+    cid: &str,
+    netns: Option<&str>,
+    ifname: String,
+    args: CniArgs,
+    caps: serde_json::Map<String, Value>,
+) -> Attachment {
+    Attachment {
+        container_id: cid.to_string(),
+        netns: netns.map(str::to_string),
+        ifname,
+        args,
+        capability_args: caps,
+    }
+}
+
+fn interface_exists(netns: &NetNs, ifname: &str) -> Result<bool> {
+    netns
+        .run(|| nix::net::if_::if_nametoindex(ifname).is_ok())
+        .map_err(|e| CniError::invalid_env(format!("CNI_NETNS: {e}")))
+}
+
+/// D2: what the pod asked for is in the result, or the attachment fails.
+fn verify_requests(p: &Planned, r: &Result100) -> Result<()> {
+    let Some(sel) = &p.selection else {
+        return Ok(());
+    };
+    let declared = |cap: &str| p.list.plugins.iter().any(|pl| pl.has_capability(cap));
+    let why = |cap: &str| {
+        if declared(cap) {
+            format!("a plugin declares capability {cap:?} but did not honour it")
+        } else {
+            format!("no plugin of the network declares capability {cap:?}")
+        }
+    };
+    for want in &sel.ips {
+        let addr = want.split('/').next().unwrap_or(want);
+        if !r.ips.iter().any(|ip| ip.address.addr().to_string() == addr) {
+            return Err(CniError::invalid_config(format!(
+                "the pod asked for IP {want} but the result does not carry it ({})",
+                why("ips")
+            )));
+        }
+    }
+    if let Some(mac) = &sel.mac {
+        let iface = r
+            .interfaces
+            .iter()
+            .find(|i| i.name == p.ifname && !i.sandbox.is_empty());
+        let got = iface
+            .map(|i| i.mac.to_ascii_lowercase())
+            .unwrap_or_default();
+        if got != mac.to_ascii_lowercase().replace('-', ":") {
+            return Err(CniError::invalid_config(format!(
+                "the pod asked for MAC {mac} but interface {:?} has {:?} ({})",
+                p.ifname,
+                got,
+                why("mac")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn empty_result(version: &str, ifname: &str, netns: &str) -> Result<CniResult> {
+    let v = json!({"cniVersion": "1.1.0", "interfaces": [{"name": ifname, "sandbox": netns}],
+                   "ips": [{"address": "0.0.0.0/0", "gateway": "0.0.0.0"}]});
+    CniResult::from_value(&v)?.convert_to(version)
+}
+
+trait CurrentValue {
+    fn to_current_value(&self) -> Value;
+}
+
+impl CurrentValue for CniResult {
+    fn to_current_value(&self) -> Value {
+        CniResult::V100(self.to_current()).to_value()
+    }
+}

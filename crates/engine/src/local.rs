@@ -1,0 +1,187 @@
+//! Local mode, for hosts without Kubernetes: NADs read from a directory of YAML or JSON
+//! manifests, the pod's namespace, name and selection taken from `CNI_ARGS`
+//! (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`, `PLEXUS_NETWORKS`, `PLEXUS_DEFAULT_NETWORK`),
+//! network-status written to `<statusDir>/<namespace>_<pod>.json`.
+
+use crate::cluster::{Cluster, EventType, PodInfo};
+use crate::config::LocalConf;
+use plexus_cni::args::CniArgs;
+use plexus_cni::{fsutil, CniError, Result};
+use plexus_npwg::nad::Nad;
+use plexus_npwg::status::NetworkStatus;
+use plexus_npwg::{names, DEFAULT_NETWORK_ANNOTATION, NETWORKS_ANNOTATION};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// `CNI_ARGS` key holding the selection annotation in local mode.
+pub const NETWORKS_ARG: &str = "PLEXUS_NETWORKS";
+/// `CNI_ARGS` key holding the default-network annotation in local mode.
+pub const DEFAULT_NETWORK_ARG: &str = "PLEXUS_DEFAULT_NETWORK";
+
+/// The local cluster of one request.
+#[derive(Debug, Clone)]
+pub struct LocalCluster {
+    conf: LocalConf,
+    pod: Option<PodInfo>,
+}
+
+impl LocalCluster {
+    /// Builds the pod of this request from `CNI_ARGS`.
+    pub fn new(conf: LocalConf, args: &CniArgs) -> LocalCluster {
+        let pod = match (args.get("K8S_POD_NAMESPACE"), args.get("K8S_POD_NAME")) {
+            (Some(ns), Some(name)) => {
+                let mut annotations = BTreeMap::new();
+                if let Some(n) = args.get(NETWORKS_ARG) {
+                    annotations.insert(NETWORKS_ANNOTATION.to_string(), n.to_string());
+                }
+                if let Some(n) = args.get(DEFAULT_NETWORK_ARG) {
+                    annotations.insert(DEFAULT_NETWORK_ANNOTATION.to_string(), n.to_string());
+                }
+                let uid = args.get("K8S_POD_UID").unwrap_or_default().to_string();
+                Some(PodInfo {
+                    namespace: ns.into(),
+                    name: name.into(),
+                    uid,
+                    annotations,
+                })
+            }
+            _ => None,
+        };
+        LocalCluster { conf, pod }
+    }
+
+    fn status_path(&self, namespace: &str, name: &str) -> Result<PathBuf> {
+        if !names::is_dns1123_label(namespace) || !names::is_dns1123_subdomain(name) {
+            return Err(CniError::invalid_env(format!(
+                "pod \"{namespace}/{name}\" has an invalid namespace or name"
+            )));
+        }
+        Ok(self
+            .conf
+            .status_dir
+            .join(format!("{namespace}_{name}.json")))
+    }
+}
+
+/// Every NAD object in the manifests of `dir` (`.yaml`, `.yml`, `.json`; several YAML
+/// documents or a `List` per file allowed). A manifest that does not parse is an error
+/// naming the file.
+pub fn read_manifests(dir: &Path) -> Result<Vec<Nad>> {
+    let files = plexus_cni::loader::conf_files(dir, &["yaml", "yml", "json"])?;
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f)
+            .map_err(|e| CniError::io(format!("cannot read {}: {e}", f.display())))?;
+        let docs: Vec<Value> = if f.extension().is_some_and(|e| e == "json") {
+            vec![serde_json::from_str(&text)
+                .map_err(|e| CniError::decode(format!("{}: invalid JSON: {e}", f.display())))?]
+        } else {
+            serde_saphyr::from_multiple(&text)
+                .map_err(|e| CniError::decode(format!("{}: invalid YAML: {e}", f.display())))?
+        };
+        for doc in docs.into_iter().flat_map(expand_list) {
+            if doc["kind"] != "NetworkAttachmentDefinition" {
+                continue;
+            }
+            let mut doc = doc;
+            if doc["metadata"]["namespace"]
+                .as_str()
+                .is_none_or(str::is_empty)
+            {
+                doc["metadata"]["namespace"] = Value::String("default".into());
+            }
+            out.push(Nad::from_object(&doc).map_err(|e| e.context(f.display()))?);
+        }
+    }
+    Ok(out)
+}
+
+fn expand_list(doc: Value) -> Vec<Value> {
+    if doc.is_null() {
+        return vec![];
+    }
+    match doc.get("items").and_then(Value::as_array) {
+        Some(items) if doc["kind"].as_str().is_some_and(|k| k.ends_with("List")) => items.clone(),
+        _ => vec![doc],
+    }
+}
+
+impl Cluster for LocalCluster {
+    fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<PodInfo>> {
+        Ok(self
+            .pod
+            .clone()
+            .filter(|p| p.namespace == namespace && p.name == name))
+    }
+
+    fn get_nad(&self, namespace: &str, name: &str) -> Result<Option<Nad>> {
+        Ok(read_manifests(&self.conf.nad_dir)?
+            .into_iter()
+            .find(|n| n.id.namespace == namespace && n.id.name == name))
+    }
+
+    fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {
+        let path = self.status_path(&pod.namespace, &pod.name)?;
+        let body =
+            serde_json::to_vec_pretty(status).map_err(|e| CniError::internal(e.to_string()))?;
+        fsutil::write_atomic(&path, &body, 0o644, 0o755)
+            .map_err(|e| CniError::io(format!("cannot write {}: {e}", path.display())))
+    }
+
+    fn event(&self, pod: &PodInfo, kind: EventType, reason: &str, message: &str) {
+        tracing::info!(pod = %pod.key(), kind = kind.as_str(), reason, "{message}");
+    }
+
+    fn pod_torn_down(&self, namespace: &str, name: &str) {
+        if let Ok(p) = self.status_path(namespace, name) {
+            let _ = fsutil::remove_if_exists(&p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_yaml_json_and_lists() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.yaml"), "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: br\n  namespace: demo\nspec:\n  config: '{\"cniVersion\":\"1.0.0\",\"type\":\"bridge\"}'\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n---\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: ondisk\n").unwrap();
+        std::fs::write(d.path().join("b.json"), r#"{"kind":"List","items":[{"kind":"NetworkAttachmentDefinition","metadata":{"name":"mv","namespace":"demo"},"spec":{"config":"{}"}}]}"#).unwrap();
+        let nads = read_manifests(d.path()).unwrap();
+        let ids: Vec<String> = nads.iter().map(|n| n.id.to_string()).collect();
+        assert_eq!(ids, ["demo/br", "default/ondisk", "demo/mv"]);
+        assert!(nads[1].config.is_none());
+        std::fs::write(d.path().join("c.yaml"), "kind: [unclosed").unwrap();
+        let e = read_manifests(d.path()).unwrap_err();
+        assert!(
+            e.msg.contains("c.yaml") && e.msg.contains("invalid YAML"),
+            "{}",
+            e.msg
+        );
+    }
+
+    #[test]
+    fn pod_from_cni_args() {
+        let args =
+            CniArgs::parse("K8S_POD_NAMESPACE=demo;K8S_POD_NAME=p1;PLEXUS_NETWORKS=br@data0,mv")
+                .unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let c = LocalCluster::new(
+            LocalConf {
+                nad_dir: d.path().into(),
+                status_dir: d.path().join("s"),
+            },
+            &args,
+        );
+        let p = c.get_pod("demo", "p1").unwrap().unwrap();
+        assert_eq!(p.annotations[NETWORKS_ANNOTATION], "br@data0,mv");
+        assert!(c.get_pod("demo", "other").unwrap().is_none());
+        c.set_network_status(&p, &[]).unwrap();
+        assert!(d.path().join("s/demo_p1.json").exists());
+        c.pod_torn_down("demo", "p1");
+        assert!(!d.path().join("s/demo_p1.json").exists());
+        assert!(c.status_path("../x", "p").is_err());
+    }
+}

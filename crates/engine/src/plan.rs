@@ -1,0 +1,249 @@
+//! From (configuration, pod, NADs) the ordered list of attachments: which network,
+//! which interface name, which configuration bytes, which capability arguments and
+//! `CNI_ARGS`. The cluster default network comes first (NPWG §6.2).
+
+use crate::cluster::PodInfo;
+use crate::resolve::{Resolved, Resolver};
+use plexus_cni::args::CniArgs;
+use plexus_cni::config::NetworkConfigList;
+use plexus_cni::{CniError, Result};
+use plexus_npwg::selection::{self, NetworkSelection};
+use plexus_npwg::{DEFAULT_NETWORK_ANNOTATION, NETWORKS_ANNOTATION};
+use serde_json::{json, Map, Value};
+use std::path::PathBuf;
+
+/// Capabilities a selection element may request that must be declared by a plugin of
+/// the network, or the attachment fails before anything is attached (D2).
+const MUST_BE_DECLARED: &[&str] = &["portMappings", "bandwidth", "infinibandGUID"];
+
+/// One attachment to make.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// Name in network-status.
+    pub name: String,
+    /// Interface in the pod.
+    pub ifname: String,
+    /// The configuration list as the delegates get it.
+    pub list: NetworkConfigList,
+    /// Capability arguments (become `runtimeConfig` where declared).
+    pub capability_args: Map<String, Value>,
+    /// `CNI_ARGS` for the delegates.
+    pub cni_args: CniArgs,
+    /// The cluster default network.
+    pub is_default: bool,
+    /// The selection element it came from.
+    pub selection: Option<NetworkSelection>,
+    /// The CNI device-info file, when a plugin declares `CNIDeviceInfoFile`.
+    pub device_info_file: Option<PathBuf>,
+}
+
+/// What planning needs of the request.
+pub struct PlanInput<'a> {
+    /// `CNI_CONTAINERID`.
+    pub container_id: &'a str,
+    /// `CNI_IFNAME` (the default network's interface).
+    pub ifname: &'a str,
+    /// Incoming `CNI_ARGS`.
+    pub args: &'a CniArgs,
+    /// The pod, when known.
+    pub pod: Option<&'a PodInfo>,
+}
+
+fn selection_error(e: selection::SelectionError, pod: Option<&PodInfo>) -> CniError {
+    let who = pod
+        .map(|p| format!("pod \"{}\": ", p.key()))
+        .unwrap_or_default();
+    CniError::invalid_config(format!("{who}{e}"))
+}
+
+/// The networks of the pod, in order, with their selection elements.
+pub fn networks(
+    r: &Resolver,
+    input: &PlanInput,
+) -> Result<Vec<(Resolved, Option<NetworkSelection>)>> {
+    let conf = r.conf;
+    let mut out = Vec::new();
+    let pod = input.pod;
+    let default_override = pod
+        .and_then(|p| p.annotations.get(DEFAULT_NETWORK_ANNOTATION))
+        .filter(|v| !v.trim().is_empty());
+    match default_override {
+        Some(v) => {
+            let sel = selection::parse_default_network(v, &conf.multus_namespace)
+                .map_err(|e| selection_error(e, pod))?;
+            out.push((r.nad(&sel.network, pod)?, None));
+        }
+        None => out.push((r.cluster_network()?, None)),
+    }
+    if conf
+        .cluster_network
+        .as_deref()
+        .unwrap_or_default()
+        .is_empty()
+    {
+        for i in 1..conf.delegates.len() {
+            if let Some(d) = r.delegate(i) {
+                out.push((d?, None));
+            }
+        }
+    }
+    let Some(pod) = pod else { return Ok(out) };
+    if !conf.system_namespaces.contains(&pod.namespace) {
+        for n in &conf.default_networks {
+            out.push((r.named(n).map_err(|e| e.context("defaultNetworks"))?, None));
+        }
+    }
+    let value = pod
+        .annotations
+        .get(NETWORKS_ANNOTATION)
+        .map(String::as_str)
+        .unwrap_or_default();
+    let selections = selection::parse_networks(value, &pod.namespace)
+        .map_err(|e| selection_error(e, Some(pod)))?;
+    let globals = conf.global_namespaces();
+    for sel in selections {
+        let ns = &sel.network.namespace;
+        if conf.namespace_isolation && ns != &pod.namespace && !globals.contains(ns) {
+            return Err(CniError::invalid_config(format!(
+                "pod \"{}\": namespace isolation enabled, annotation violates permission: pod is in namespace {} but refers to target namespace {ns} (network \"{}\")",
+                pod.key(),
+                pod.namespace,
+                sel.network
+            )));
+        }
+        let resolved = r.nad(&sel.network, Some(pod))?;
+        out.push((resolved, Some(sel)));
+    }
+    Ok(out)
+}
+
+/// Builds the attachments from the networks.
+pub fn attachments(
+    r: &Resolver,
+    input: &PlanInput,
+    nets: Vec<(Resolved, Option<NetworkSelection>)>,
+    runtime_config: &Map<String, Value>,
+) -> Result<Vec<Planned>> {
+    let mut base_args = CniArgs(
+        input
+            .args
+            .0
+            .iter()
+            .filter(|(k, _)| !k.starts_with("PLEXUS_"))
+            .cloned()
+            .collect(),
+    );
+    if base_args.get("IgnoreUnknown").is_none() {
+        base_args.0.insert(0, ("IgnoreUnknown".into(), "1".into()));
+    }
+    let mut out: Vec<Planned> = Vec::with_capacity(nets.len());
+    for (i, (resolved, sel)) in nets.into_iter().enumerate() {
+        let is_default = i == 0;
+        let ifname = match (&sel, is_default) {
+            (_, true) => input.ifname.to_string(),
+            (
+                Some(NetworkSelection {
+                    interface: Some(n), ..
+                }),
+                _,
+            ) => n.clone(),
+            _ => format!("net{i}"),
+        };
+        if let Some(prev) = out.iter().find(|p| p.ifname == ifname) {
+            return Err(CniError::invalid_config(format!(
+                "network \"{}\" would use interface {ifname:?}, which network \"{}\" already uses",
+                resolved.name, prev.name
+            )));
+        }
+        let mut list = resolved.list;
+        let mut cni_args = base_args.clone();
+        let mut capability_args = if is_default {
+            runtime_config.clone()
+        } else {
+            Map::new()
+        };
+        if let Some(s) = &sel {
+            apply_selection(&mut list, s);
+            capability_args = s.capability_requests();
+            for cap in MUST_BE_DECLARED {
+                if capability_args.contains_key(*cap)
+                    && !list.plugins.iter().any(|p| p.has_capability(cap))
+                {
+                    return Err(CniError::invalid_config(format!(
+                        "network \"{}\": the pod requests {cap:?} but no plugin of the network declares capability {cap:?}",
+                        resolved.name
+                    )));
+                }
+            }
+            // The legacy way Multus passes them too, for plugins that read CNI_ARGS.
+            if !s.ips.is_empty() {
+                cni_args.set("IP", s.ips.join(","));
+            }
+            if let Some(mac) = &s.mac {
+                cni_args.set("MAC", mac.clone());
+            }
+        }
+        let device_info_file = list
+            .plugins
+            .iter()
+            .any(|p| p.has_capability("CNIDeviceInfoFile"))
+            .then(|| {
+                r.conf.plexus.device_info_dir.join(format!(
+                    "{}-{}_{}",
+                    resolved.name.replace('/', "-"),
+                    input.container_id,
+                    ifname
+                ))
+            });
+        if let Some(f) = &device_info_file {
+            capability_args.insert("CNIDeviceInfoFile".into(), json!(f));
+        }
+        out.push(Planned {
+            name: resolved.name,
+            ifname,
+            list,
+            capability_args,
+            cni_args,
+            is_default,
+            selection: sel,
+            device_info_file,
+        });
+    }
+    Ok(out)
+}
+
+/// Config mutations a selection element asks for: `cni-args` merged into every
+/// plugin's `args.cni` (the annotation wins), `deviceID`/`pciBusID`, and
+/// `ipam-claim-reference` passed on in `args.cni`.
+fn apply_selection(list: &mut NetworkConfigList, s: &NetworkSelection) {
+    let mut extra = s.cni_args.clone().unwrap_or_default();
+    if let Some(claim) = &s.ipam_claim_reference {
+        extra.insert("ipam-claim-reference".into(), json!(claim));
+    }
+    for p in &mut list.plugins {
+        let raw = p.raw_mut();
+        if !extra.is_empty() {
+            let args = raw.entry("args").or_insert_with(|| json!({}));
+            if !args.is_object() {
+                *args = json!({});
+            }
+            let cni = args
+                .as_object_mut()
+                .map(|a| a.entry("cni").or_insert_with(|| json!({})));
+            if let Some(cni) = cni {
+                if !cni.is_object() {
+                    *cni = json!({});
+                }
+                if let Some(m) = cni.as_object_mut() {
+                    for (k, v) in &extra {
+                        m.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        if let Some(dev) = &s.device_id {
+            raw.insert("deviceID".into(), json!(dev));
+            raw.insert("pciBusID".into(), json!(dev));
+        }
+    }
+}
