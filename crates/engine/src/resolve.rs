@@ -77,10 +77,10 @@ impl Resolver<'_> {
             });
         }
         if let Some(c) = self.cluster {
-            if is_dns1123_subdomain(value) {
-                if c.get_nad(&self.conf.multus_namespace, value)?.is_some() {
-                    return self.nad(&ObjectRef::new(&self.conf.multus_namespace, value), None);
-                }
+            if is_dns1123_subdomain(value)
+                && c.get_nad(&self.conf.multus_namespace, value)?.is_some()
+            {
+                return self.nad(&ObjectRef::new(&self.conf.multus_namespace, value), None);
             }
         }
         let list = loader::find_network(&self.conf.conf_dir, value).map_err(|e| {
