@@ -1,0 +1,235 @@
+//! The Kubernetes side of Plexus, with kube-rs: the pod, its NADs, the network-status
+//! annotation (written to `pods/status` with conflict retry) and pod events.
+//!
+//! Every request has a time limit and transient failures (connection errors, 429,
+//! 5xx) are retried with back-off, both configurable (`plexus.apiTimeoutMs`,
+//! `plexus.apiRetries`): Multus's hard-coded 250 ms per try fails on slow clusters.
+
+use k8s_openapi::api::core::v1::{Event, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Client, Config};
+use plexus_cni::{code, CniError, Result};
+use plexus_engine::{Cluster, EventType, NetConf, PodInfo};
+use plexus_npwg::nad::Nad;
+use plexus_npwg::status::NetworkStatus;
+use serde_json::json;
+use std::future::Future;
+use std::time::Duration;
+
+/// The NAD kind.
+pub fn nad_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition"),
+        "network-attachment-definitions",
+    )
+}
+
+/// A cluster reached through the API server.
+pub struct KubeCluster {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    timeout: Duration,
+    retries: u32,
+}
+
+fn api_error(what: &str, e: impl std::fmt::Display) -> CniError {
+    CniError::new(
+        code::TRY_AGAIN_LATER,
+        format!("{what}: Kubernetes API: {e}"),
+    )
+}
+
+fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+fn is_code(e: &kube::Error, c: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == c)
+}
+
+impl KubeCluster {
+    /// The cluster of the configuration: `kubeconfig` when set, else the in-cluster
+    /// config when `KUBERNETES_SERVICE_HOST` is set, else `None` (no Kubernetes).
+    pub fn from_conf(conf: &NetConf) -> Result<Option<KubeCluster>> {
+        let timeout = Duration::from_millis(conf.plexus.api_timeout_ms.max(1));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CniError::internal(format!("tokio runtime: {e}")))?;
+        let kubeconfig = conf.kubeconfig.clone().filter(|k| !k.is_empty());
+        let config = match kubeconfig {
+            Some(path) => {
+                let kc = Kubeconfig::read_from(&path).map_err(|e| {
+                    CniError::invalid_config(format!("\"kubeconfig\" {path:?}: {e}"))
+                })?;
+                rt.block_on(Config::from_custom_kubeconfig(
+                    kc,
+                    &KubeConfigOptions::default(),
+                ))
+                .map_err(|e| CniError::invalid_config(format!("\"kubeconfig\" {path:?}: {e}")))?
+            }
+            None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => Config::incluster()
+                .map_err(|e| {
+                    CniError::invalid_config(format!("in-cluster Kubernetes config: {e}"))
+                })?,
+            None => return Ok(None),
+        };
+        Self::from_config(config, rt, timeout, conf.plexus.api_retries)
+    }
+
+    fn from_config(
+        mut config: Config,
+        rt: tokio::runtime::Runtime,
+        timeout: Duration,
+        retries: u32,
+    ) -> Result<Option<KubeCluster>> {
+        config.connect_timeout = Some(timeout);
+        config.read_timeout = Some(timeout);
+        config.write_timeout = Some(timeout);
+        let client = {
+            let _guard = rt.enter();
+            Client::try_from(config)
+                .map_err(|e| CniError::invalid_config(format!("Kubernetes client: {e}")))?
+        };
+        Ok(Some(KubeCluster {
+            rt,
+            client,
+            timeout,
+            retries,
+        }))
+    }
+
+    /// Runs `f` with a time limit, retrying transient failures with back-off.
+    fn call<T, F, Fut>(&self, what: &str, f: F) -> std::result::Result<T, kube::Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = std::result::Result<T, kube::Error>>,
+    {
+        self.rt.block_on(async {
+            let mut attempt = 0;
+            loop {
+                let r = match tokio::time::timeout(self.timeout, f()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(kube::Error::Service(format!("{what}: no answer within {:?}", self.timeout).into())),
+                };
+                match r {
+                    Err(e) if transient(&e) && attempt + 1 < self.retries.max(1) => {
+                        attempt += 1;
+                        let backoff = Duration::from_millis(100u64 << attempt.min(5));
+                        tracing::warn!(error = %e, attempt, "{what}: transient API failure, retrying in {backoff:?}");
+                        tokio::time::sleep(backoff).await;
+                    }
+                    other => return other,
+                }
+            }
+        })
+    }
+}
+
+impl Cluster for KubeCluster {
+    fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<PodInfo>> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let what = format!("pod \"{namespace}/{name}\"");
+        let pod = self
+            .call(&what, || api.get_opt(name))
+            .map_err(|e| api_error(&what, e))?;
+        Ok(pod.map(|p| PodInfo {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: p.metadata.uid.unwrap_or_default(),
+            annotations: p.metadata.annotations.unwrap_or_default(),
+        }))
+    }
+
+    fn get_nad(&self, namespace: &str, name: &str) -> Result<Option<Nad>> {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &nad_resource());
+        let what = format!("NetworkAttachmentDefinition \"{namespace}/{name}\"");
+        let obj = self
+            .call(&what, || api.get_opt(name))
+            .map_err(|e| api_error(&what, e))?;
+        match obj {
+            None => Ok(None),
+            Some(o) => {
+                let v = serde_json::to_value(&o)
+                    .map_err(|e| CniError::decode(format!("{what}: {e}")))?;
+                Nad::from_object(&v).map(Some)
+            }
+        }
+    }
+
+    fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let what = format!("pod \"{}\" status", pod.key());
+        let value =
+            serde_json::to_string_pretty(status).map_err(|e| CniError::internal(e.to_string()))?;
+        for _ in 0..5 {
+            let Some(current) = self
+                .call(&what, || api.get_opt(&pod.name))
+                .map_err(|e| api_error(&what, e))?
+            else {
+                tracing::warn!(pod = %pod.key(), "pod is gone; network-status not written");
+                return Ok(());
+            };
+            // The resourceVersion makes the write conditional: a concurrent update gives 409 and we retry.
+            let patch = json!({"metadata": {"resourceVersion": current.metadata.resource_version,
+                                            "annotations": {plexus_npwg::STATUS_ANNOTATION: value}}});
+            let pp = PatchParams::default();
+            let merge = Patch::Merge(&patch);
+            match self.call(&what, || api.patch_status(&pod.name, &pp, &merge)) {
+                Ok(_) => return Ok(()),
+                Err(e) if is_code(&e, 409) => continue,
+                Err(e) if is_code(&e, 404) => return Ok(()),
+                Err(e) => return Err(api_error(&what, e)),
+            }
+        }
+        Err(CniError::new(
+            code::TRY_AGAIN_LATER,
+            format!("{what}: conflicting updates, gave up after 5 attempts"),
+        ))
+    }
+
+    fn event(&self, pod: &PodInfo, kind: EventType, reason: &str, message: &str) {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let ev = Event {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}.", pod.name)),
+                namespace: Some(pod.namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.name.clone()),
+                namespace: Some(pod.namespace.clone()),
+                uid: Some(pod.uid.clone()).filter(|u| !u.is_empty()),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            type_: Some(kind.as_str().into()),
+            source: Some(k8s_openapi::api::core::v1::EventSource {
+                component: Some("plexus".into()),
+                host: None,
+            }),
+            reporting_component: Some("plexus".into()),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            event_time: Some(MicroTime(now)),
+            count: Some(1),
+            ..Default::default()
+        };
+        let pp = PostParams::default();
+        if let Err(e) = self.call("event", || api.create(&pp, &ev)) {
+            tracing::warn!(error = %e, pod = %pod.key(), reason, "cannot record event");
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! `plexus`, the CNI plugin the container runtime executes for every pod (thin mode:
+//! everything happens in this process). Reads `CNI_*` and the configuration on stdin,
+//! prints exactly one JSON document on stdout.
+
+mod logging;
+
+use plexus_cni::plugin::{self, Plugin, Request};
+use plexus_cni::runtime::ValidAttachment;
+use plexus_cni::{CniError, CniResult, Result};
+use plexus_engine::local::LocalCluster;
+use plexus_engine::{Cluster, Engine, NetConf};
+use std::sync::Arc;
+
+struct Plexus;
+
+fn engine(req: &Request) -> Result<Engine> {
+    let conf = NetConf::parse(&req.stdin)?;
+    logging::init(&conf);
+    let cluster: Option<Arc<dyn Cluster>> = match &conf.plexus.local {
+        Some(local) => Some(Arc::new(LocalCluster::new(local.clone(), &req.args))),
+        None => {
+            plexus_kube::KubeCluster::from_conf(&conf)?.map(|k| Arc::new(k) as Arc<dyn Cluster>)
+        }
+    };
+    Ok(Engine::new(conf, cluster))
+}
+
+fn engine_request(req: &Request) -> plexus_engine::Request {
+    plexus_engine::Request {
+        container_id: req.container_id.clone(),
+        netns: req.netns.as_ref().map(|p| p.display().to_string()),
+        ifname: req.ifname.clone(),
+        args: req.args.clone(),
+        cni_path: req.path.clone(),
+    }
+}
+
+fn logged<T>(op: &str, req: &Request, r: Result<T>) -> Result<T> {
+    match &r {
+        Ok(_) => tracing::info!(container = %req.container_id, ifname = %req.ifname, "{op} done"),
+        Err(e) => {
+            tracing::error!(container = %req.container_id, ifname = %req.ifname, error = %e, "{op} failed")
+        }
+    }
+    r
+}
+
+impl Plugin for Plexus {
+    fn add(&self, req: &Request) -> Result<CniResult> {
+        logged("ADD", req, engine(req)?.add(&engine_request(req)))
+    }
+
+    fn del(&self, req: &Request) -> Result<()> {
+        logged("DEL", req, engine(req)?.del(&engine_request(req)))
+    }
+
+    fn check(&self, req: &Request) -> Result<()> {
+        logged("CHECK", req, engine(req)?.check(&engine_request(req)))
+    }
+
+    fn status(&self, req: &Request) -> Result<()> {
+        logged("STATUS", req, engine(req)?.status(&req.path))
+    }
+
+    fn gc(&self, req: &Request) -> Result<()> {
+        let valid = match req
+            .config
+            .get("cni.dev/valid-attachments")
+            .or_else(|| req.config.get("cni.dev/attachments"))
+        {
+            None => Vec::new(),
+            Some(v) => serde_json::from_value::<Vec<ValidAttachment>>(v.clone()).map_err(|e| {
+                CniError::invalid_config(format!("\"cni.dev/valid-attachments\": {e}"))
+            })?,
+        };
+        logged("GC", req, engine(req)?.gc(&valid, &req.path))
+    }
+}
+
+fn main() {
+    plugin::run_main(&Plexus)
+}
