@@ -226,3 +226,5 @@ pub fn plugin_paths(test_plugin: &str) -> Vec<PathBuf> {
         .unwrap_or_default();
     vec![PathBuf::from(REFERENCE_PLUGINS), own]
 }
+
+pub mod meta;

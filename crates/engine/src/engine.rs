@@ -330,6 +330,12 @@ impl Engine {
             }
             match self.del_one(rt, st, a) {
                 Ok(()) => {}
+                // An attachment whose ADD failed had to clean up after itself (CNI §4);
+                // its DEL is best effort, or a plugin that cannot DEL what it never
+                // made (macvlan without its master) would wedge the pod for ever.
+                Err(e) if a.result.is_none() => {
+                    tracing::warn!(error = %e, network = %a.name, "DEL of an attachment whose ADD failed");
+                }
                 Err(e) => {
                     errors.push(e);
                     remaining.push(a.clone());
@@ -572,6 +578,9 @@ impl Engine {
                 Ok(()) => {
                     if let Err(e) = self.state.remove(&cid) {
                         errors.push(e);
+                    }
+                    if let (Some(c), false) = (&self.cluster, st.pod_name.is_empty()) {
+                        c.pod_torn_down(&st.pod_namespace, &st.pod_name);
                     }
                 }
                 Err(e) => errors.push(e),

@@ -1,0 +1,206 @@
+//! A harness that runs the `plexus` binary exactly as a container runtime does: a
+//! configuration list whose only plugin is `plexus`, executed through plexus-cni's
+//! runtime with `CNI_*` variables, stdin and stdout, inside the test's host namespace.
+
+use crate::{unique, World, REFERENCE_PLUGINS};
+use plexus_cni::args::CniArgs;
+use plexus_cni::config::NetworkConfigList;
+use plexus_cni::runtime::{Attachment, Runtime};
+use plexus_cni::{CniResult, Result};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// The `plexus` binary built next to the test executables.
+pub fn plexus_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let bin = dir.join("plexus");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// Where Kubernetes objects come from.
+pub enum Mode {
+    /// NADs in a directory, status in files.
+    Local,
+    /// The test API server at this kubeconfig.
+    Kube(PathBuf),
+}
+
+/// A node running Plexus in a test world.
+pub struct Node {
+    /// Namespaces and directories.
+    pub world: World,
+    /// The plexus configuration (the plugin object).
+    pub conf: Value,
+    /// Runtime executing `plexus`.
+    pub rt: Runtime,
+    /// The cluster bridge (in the host namespace).
+    pub cluster_bridge: String,
+    /// A veth end in the host namespace usable as macvlan master.
+    pub master: String,
+}
+
+impl Node {
+    /// A node with `n` pod namespaces; the cluster network is a bridge with host-local
+    /// addresses from 192.0.2.0/24 (gateway .1, default route) and 2001:db8:1::/64.
+    pub fn new(n: usize, mode: Mode) -> Node {
+        let world = World::new(n);
+        let cluster_bridge = unique("cbr");
+        let master = world.veth_master();
+        let d = |s: &str| world.subdir(s);
+        let mut conf = json!({
+            "type": "plexus",
+            "binDir": REFERENCE_PLUGINS,
+            "cniDir": d("cni"),
+            "confDir": d("conf"),
+            "logLevel": "verbose",
+            "capabilities": {"portMappings": true},
+            "delegates": [{
+                "cniVersion": "1.0.0", "name": "cluster",
+                "plugins": [{"type": "bridge", "bridge": cluster_bridge, "isGateway": true,
+                             "ipam": {"type": "host-local", "dataDir": d("ipam"),
+                                      "ranges": [[{"subnet": "192.0.2.0/24", "gateway": "192.0.2.1"}], [{"subnet": "2001:db8:1::/64", "gateway": "2001:db8:1::1"}]],
+                                      "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}}]
+            }],
+            "plexus": {"deviceInfoDir": d("devinfo"), "readinessTimeoutSeconds": 2, "apiTimeoutMs": 2000, "apiRetries": 3}
+        });
+        match mode {
+            Mode::Local => {
+                conf["plexus"]["local"] = json!({"nadDir": d("nads"), "statusDir": d("status")})
+            }
+            Mode::Kube(kc) => conf["kubeconfig"] = json!(kc),
+        }
+        let own = plexus_bin()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let rt = Runtime::new(vec![own, PathBuf::from(REFERENCE_PLUGINS)], None);
+        Node {
+            world,
+            conf,
+            rt,
+            cluster_bridge,
+            master,
+        }
+    }
+
+    /// The configuration list the runtime reads (as in /etc/cni/net.d).
+    pub fn list(&self) -> NetworkConfigList {
+        NetworkConfigList::from_value(
+            json!({"cniVersion": "1.0.0", "name": "plexus-net", "plugins": [self.conf]}),
+        )
+        .expect("plexus conflist")
+    }
+
+    /// The IPAM data directory of host-local.
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.world.subdir("ipam")
+    }
+
+    /// An attachment for pod `ns/name` in container namespace `i`, with extra `CNI_ARGS`.
+    pub fn attachment(
+        &self,
+        i: usize,
+        cid: &str,
+        ns: &str,
+        pod: &str,
+        extra: &[(&str, &str)],
+    ) -> Attachment {
+        let mut args = CniArgs::parse(&format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={cid}")).expect("args");
+        for (k, v) in extra {
+            args.set(k, *v);
+        }
+        Attachment {
+            container_id: cid.into(),
+            netns: Some(self.world.ctr_path(i)),
+            ifname: "eth0".into(),
+            args,
+            ..Default::default()
+        }
+    }
+
+    /// ADD through the runtime, in the host namespace.
+    pub fn add(&self, att: &Attachment) -> Result<CniResult> {
+        let list = self.list();
+        self.world
+            .host
+            .run(|| self.rt.add_list(&list, att))
+            .expect("entering the host namespace")
+    }
+
+    /// DEL.
+    pub fn del(&self, att: &Attachment) -> Result<()> {
+        let list = self.list();
+        self.world
+            .host
+            .run(|| self.rt.del_list_with(&list, att, None))
+            .expect("entering the host namespace")
+    }
+
+    /// CHECK (the runtime has no cache here, so the result is passed explicitly).
+    pub fn check(&self, att: &Attachment, prev: &CniResult) -> Result<()> {
+        let list = self.list();
+        self.world
+            .host
+            .run(|| self.rt.check_list_with(&list, att, prev))
+            .expect("entering the host namespace")
+    }
+
+    /// Writes a NAD manifest (local mode).
+    pub fn nad(&self, ns: &str, name: &str, config: Value) {
+        let doc = json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+                         "metadata": {"name": name, "namespace": ns}, "spec": {"config": config.to_string()}});
+        std::fs::write(
+            self.world.subdir("nads").join(format!("{ns}-{name}.json")),
+            doc.to_string(),
+        )
+        .expect("writing a NAD");
+    }
+
+    /// The network-status file of a pod (local mode).
+    pub fn status(&self, ns: &str, pod: &str) -> Option<Value> {
+        let p = self.world.subdir("status").join(format!("{ns}_{pod}.json"));
+        std::fs::read(p)
+            .ok()
+            .map(|b| serde_json::from_slice(&b).expect("status JSON"))
+    }
+
+    /// Files Plexus and the delegates keep (state, caches, reservations, device-info, status).
+    pub fn leftovers(&self) -> Vec<PathBuf> {
+        ["cni", "devinfo", "status"]
+            .iter()
+            .flat_map(|d| crate::files_below(&self.world.subdir(d)))
+            .chain(
+                crate::files_below(&self.ipam_dir())
+                    .into_iter()
+                    .filter(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
+                    }),
+            )
+            .collect()
+    }
+}
+
+/// A macvlan network on `master` with static IPAM fed by the `ips` capability.
+pub fn macvlan_static(master: &str) -> Value {
+    json!({"cniVersion": "1.0.0", "type": "macvlan", "master": master, "mode": "bridge",
+           "capabilities": {"ips": true}, "ipam": {"type": "static"}})
+}
+
+/// A bridge network with host-local addresses from `subnet`, plus tuning with the `mac` capability.
+pub fn bridge_host_local(bridge: &str, subnet: &str, data: &Path) -> Value {
+    json!({"cniVersion": "1.0.0", "plugins": [
+        {"type": "bridge", "bridge": bridge, "ipam": {"type": "host-local", "dataDir": data, "ranges": [[{"subnet": subnet}]]}},
+        {"type": "tuning", "capabilities": {"mac": true}}
+    ]})
+}

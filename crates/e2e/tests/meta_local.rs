@@ -1,0 +1,566 @@
+//! The `plexus` meta-plugin in local mode (NADs from files, pod selection from
+//! CNI_ARGS), executed as a runtime executes it, in real namespaces with the real
+//! reference plugins: each annotation form and key, the D-decisions, rollback, DEL
+//! without the NAD, CHECK, GC.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use plexus_e2e::meta::*;
+use plexus_e2e::*;
+use serde_json::json;
+
+fn node(n: usize) -> Node {
+    Node::new(n, Mode::Local)
+}
+
+fn std_nads(n: &Node) -> String {
+    let br = unique("dbr");
+    n.nad("demo", "mv", macvlan_static(&n.master));
+    n.nad(
+        "demo",
+        "br",
+        bridge_host_local(&br, "198.51.100.0/24", &n.ipam_dir()),
+    );
+    br
+}
+
+#[test]
+fn pods_with_three_networks_talk_and_leave_nothing() {
+    let n = node(2);
+    std_nads(&n);
+    let mut atts = Vec::new();
+    for (i, ip) in ["203.0.113.10/24", "203.0.113.11/24"].iter().enumerate() {
+        let sel =
+            format!(r#"[{{"name":"mv","ips":["{ip}"]}},{{"name":"br","interface":"data0"}}]"#);
+        let att = n.attachment(
+            i,
+            &unique("cid"),
+            "demo",
+            &format!("pod{i}"),
+            &[("PLEXUS_NETWORKS", &sel)],
+        );
+        let r = n.add(&att).unwrap().to_current();
+        assert_eq!(
+            r.interfaces
+                .iter()
+                .find(|x| !x.sandbox.is_empty())
+                .unwrap()
+                .name,
+            "eth0",
+            "the default network's result is returned"
+        );
+        let ctr = n.world.ctr(i);
+        assert!(addresses(ctr, "eth0")[0].starts_with("192.0.2."));
+        assert_eq!(addresses(ctr, "net1"), [ip.to_string()]);
+        assert!(addresses(ctr, "data0")[0].starts_with("198.51.100."));
+        let st = n.status("demo", &format!("pod{i}")).unwrap();
+        let names: Vec<&str> = st
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["cluster", "demo/mv", "demo/br"]);
+        assert_eq!(st[0]["default"], true);
+        assert_eq!(st[1]["default"], false);
+        assert_eq!(st[1]["ips"], json!([ip.split('/').next().unwrap()]));
+        assert_eq!(st[1]["mac"], link(ctr, "net1").unwrap()["address"]);
+        n.check(&att, &CniResult::V100(r)).unwrap();
+        atts.push(att);
+    }
+    assert!(
+        ping(n.world.ctr(0), "203.0.113.11", 2),
+        "macvlan network carries traffic"
+    );
+    let peer = addresses(n.world.ctr(1), "data0")[0]
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        ping(n.world.ctr(0), &peer, 2),
+        "bridge network carries traffic"
+    );
+    for (i, att) in atts.iter().enumerate() {
+        n.del(att).unwrap();
+        n.del(att).unwrap(); // idempotent
+        assert_eq!(links(n.world.ctr(i)), ["lo"]);
+    }
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
+
+use plexus_cni::CniResult;
+
+#[test]
+fn comma_form_duplicates_and_interface_names() {
+    let n = node(1);
+    std_nads(&n);
+    let att = n.attachment(
+        0,
+        &unique("cid"),
+        "demo",
+        "p",
+        &[("PLEXUS_NETWORKS", "br,demo/br@second,br")],
+    );
+    n.add(&att).unwrap();
+    let mut l = links(n.world.ctr(0));
+    l.sort();
+    assert_eq!(
+        l,
+        ["eth0", "lo", "net1", "net3", "second"],
+        "net<index> as Multus numbers them"
+    );
+    let st = n.status("demo", "p").unwrap();
+    assert_eq!(st.as_array().unwrap().len(), 4);
+    n.del(&att).unwrap();
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
+
+#[test]
+fn json_keys_mac_cni_args_and_default_route() {
+    let n = node(1);
+    std_nads(&n);
+    // An empty list means the attachment's own gateway (host-local's default: the subnet's first address).
+    let sel = r#"[{"name":"br","default-route":[]}]"#;
+    let att = n.attachment(0, &unique("cid"), "demo", "p", &[("PLEXUS_NETWORKS", sel)]);
+    n.add(&att).unwrap();
+    let v4 = routes(n.world.ctr(0), "-4");
+    let defaults: Vec<_> = v4.iter().filter(|r| r["dst"] == "default").collect();
+    assert_eq!(defaults.len(), 1, "{v4:?}");
+    assert_eq!(
+        (defaults[0]["dev"].as_str(), defaults[0]["gateway"].as_str()),
+        (Some("net1"), Some("198.51.100.1"))
+    );
+    n.del(&att).unwrap();
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+
+    let sel = r#"[{"name":"br","mac":"02:00:5e:00:53:42","cni-args":{"foo":"bar"},"default-route":["198.51.100.254"]}]"#;
+    let att = n.attachment(0, &unique("cid"), "demo", "p", &[("PLEXUS_NETWORKS", sel)]);
+    n.add(&att).unwrap();
+    let ctr = n.world.ctr(0);
+    assert_eq!(link(ctr, "net1").unwrap()["address"], "02:00:5e:00:53:42");
+    let v4 = routes(ctr, "-4");
+    let defaults: Vec<_> = v4.iter().filter(|r| r["dst"] == "default").collect();
+    assert_eq!(defaults.len(), 1, "{v4:?}");
+    assert_eq!(
+        (defaults[0]["dev"].as_str(), defaults[0]["gateway"].as_str()),
+        (Some("net1"), Some("198.51.100.254"))
+    );
+    let v6 = routes(ctr, "-6");
+    assert!(
+        v6.iter()
+            .any(|r| r["dst"] == "default" && r["dev"] == "eth0"),
+        "IPv6 default kept: {v6:?}"
+    );
+    let st = n.status("demo", "p").unwrap();
+    assert_eq!(st[1]["default-route"], json!(["198.51.100.254"]));
+    assert!(
+        st[0].get("gateway").is_none_or(|g| !g
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x == "192.0.2.1")),
+        "{st}"
+    );
+    // The state holds the config with args.cni merged and the patched result.
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            n.world
+                .subdir("cni")
+                .join(format!("plexus/{}.json", att.container_id)),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        state["attachments"][1]["config"]["plugins"][0]["args"]["cni"]["foo"],
+        "bar"
+    );
+    let cluster_routes = state["attachments"][0]["result"]["routes"]
+        .as_array()
+        .unwrap();
+    assert!(
+        !cluster_routes.iter().any(|r| r["dst"] == "0.0.0.0/0"),
+        "cached result matches the kernel"
+    );
+    n.del(&att).unwrap();
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
+
+#[test]
+fn requests_no_plugin_can_take_fail_before_anything_is_attached() {
+    let n = node(1);
+    std_nads(&n);
+    let sel = r#"[{"name":"br","portMappings":[{"hostPort":8080,"containerPort":80}]}]"#;
+    let att = n.attachment(0, &unique("cid"), "demo", "p", &[("PLEXUS_NETWORKS", sel)]);
+    let e = n.add(&att).unwrap_err();
+    assert_eq!(e.code, 7);
+    assert!(
+        e.msg.contains("network \"demo/br\"") && e.msg.contains("\"portMappings\""),
+        "{e}"
+    );
+    assert_eq!(links(n.world.ctr(0)), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
+
+#[test]
+fn ips_and_mac_not_honoured_fail_and_roll_back() {
+    let mut n = node(1);
+    std_nads(&n);
+    n.conf["binDir"] = json!(plexus_bin().parent().unwrap());
+    // A network whose plugin ignores what is asked: it always answers 198.51.100.9.
+    n.nad(
+        "demo",
+        "deaf",
+        json!({"cniVersion": "1.0.0", "type": "plexus-test-plugin", "ip": "198.51.100.9/24"}),
+    );
+    for (sel, needle) in [
+        (
+            r#"[{"name":"br"},{"name":"deaf","ips":["198.51.100.50/24"]}]"#,
+            "asked for IP 198.51.100.50/24",
+        ),
+        (
+            r#"[{"name":"br"},{"name":"deaf","mac":"02:00:5e:00:53:99"}]"#,
+            "asked for MAC 02:00:5e:00:53:99",
+        ),
+    ] {
+        let att = n.attachment(0, &unique("cid"), "demo", "p", &[("PLEXUS_NETWORKS", sel)]);
+        let e = n.add(&att).unwrap_err();
+        assert!(
+            e.msg.contains("network \"demo/deaf\"") && e.msg.contains(needle),
+            "{e}"
+        );
+        assert!(
+            e.msg
+                .contains("no plugin of the network declares capability"),
+            "{e}"
+        );
+        assert_eq!(links(n.world.ctr(0)), ["lo"], "everything rolled back");
+        assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    }
+}
+
+#[test]
+fn failure_in_the_middle_rolls_back_and_a_second_add_works() {
+    let n = node(1);
+    std_nads(&n);
+    n.nad("demo", "broken", json!({"cniVersion": "1.0.0", "type": "macvlan", "master": "no-such-master", "ipam": {"type": "static", "addresses": [{"address": "203.0.113.99/24"}]}}));
+    let cid = unique("cid");
+    let att = n.attachment(0, &cid, "demo", "p", &[("PLEXUS_NETWORKS", "br,broken")]);
+    let e = n.add(&att).unwrap_err();
+    assert!(
+        e.msg
+            .contains("network \"demo/broken\" (interface \"net2\")")
+            && e.msg.contains("macvlan"),
+        "{e}"
+    );
+    assert_eq!(
+        links(n.world.ctr(0)),
+        ["lo"],
+        "eth0 and net1 were deleted again"
+    );
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    // The runtime DELs after a failed ADD: still fine.
+    n.del(&att).unwrap();
+    let att = n.attachment(0, &cid, "demo", "p", &[("PLEXUS_NETWORKS", "br")]);
+    n.add(&att).unwrap();
+    n.del(&att).unwrap();
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
+
+#[test]
+fn del_and_check_without_the_nad() {
+    let n = node(1);
+    std_nads(&n);
+    let att = n.attachment(0, &unique("cid"), "demo", "p", &[("PLEXUS_NETWORKS", "br")]);
+    let r = n.add(&att).unwrap();
+    for f in files_below(&n.world.subdir("nads")) {
+        std::fs::remove_file(f).unwrap();
+    }
+    n.check(&att, &r).unwrap();
+    ip(Some(n.world.ctr(0)), &["link", "del", "net1"]);
+    let e = n.check(&att, &r).unwrap_err();
+    assert!(
+        e.msg.contains("demo/br"),
+        "CHECK names the broken attachment: {e}"
+    );
+    n.del(&att).unwrap();
+    assert_eq!(links(n.world.ctr(0)), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
+
+#[test]
+fn bad_annotations_and_missing_nads_leave_nothing() {
+    let n = node(1);
+    std_nads(&n);
+    let cases = [
+        ("[{\"name\":\"br\"", "neither a comma-separated list"),
+        ("../x", "not a valid namespace name"),
+        ("br@abcdefghijklmnop", "longer than 15 bytes"),
+        ("br@data0,mv@data0", "both request interface"),
+        (
+            "nope",
+            "cannot find a network-attachment-definition (nope) in namespace (demo)",
+        ),
+        ("br@eth0", "would use interface \"eth0\""),
+    ];
+    for (sel, needle) in cases {
+        let att = n.attachment(0, &unique("cid"), "demo", "p", &[("PLEXUS_NETWORKS", sel)]);
+        let e = n.add(&att).unwrap_err();
+        assert_eq!(e.code, 7, "{sel}: {e}");
+        assert!(e.msg.contains(needle), "{sel}: {e}");
+        assert_eq!(links(n.world.ctr(0)), ["lo"], "{sel}");
+        assert!(n.leftovers().is_empty(), "{sel}: {:?}", n.leftovers());
+    }
+    n.nad("demo", "badjson", json!("{not json"));
+    let att = n.attachment(
+        0,
+        &unique("cid"),
+        "demo",
+        "p",
+        &[("PLEXUS_NETWORKS", "badjson")],
+    );
+    let e = n.add(&att).unwrap_err();
+    assert!(
+        e.msg
+            .contains("NetworkAttachmentDefinition \"demo/badjson\": spec.config"),
+        "{e}"
+    );
+    // An interface that already exists in the pod.
+    ip(
+        Some(n.world.ctr(0)),
+        &[
+            "link", "add", "net1", "type", "veth", "peer", "name", "net1p",
+        ],
+    );
+    let att = n.attachment(0, &unique("cid"), "demo", "p", &[("PLEXUS_NETWORKS", "br")]);
+    let e = n.add(&att).unwrap_err();
+    assert!(e.msg.contains("interface \"net1\" already exists"), "{e}");
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
+
+#[test]
+fn namespace_isolation_and_global_namespaces() {
+    let mut n = node(1);
+    n.conf["namespaceIsolation"] = json!(true);
+    n.conf["globalNamespaces"] = json!("shared");
+    n.nad(
+        "other",
+        "br",
+        bridge_host_local(&unique("obr"), "198.51.100.0/24", &n.ipam_dir()),
+    );
+    n.nad(
+        "shared",
+        "br",
+        bridge_host_local(&unique("sbr"), "198.51.100.0/24", &n.ipam_dir()),
+    );
+    let att = n.attachment(
+        0,
+        &unique("cid"),
+        "demo",
+        "p",
+        &[("PLEXUS_NETWORKS", "other/br")],
+    );
+    let e = n.add(&att).unwrap_err();
+    assert!(
+        e.msg.contains("namespace isolation enabled") && e.msg.contains("target namespace other"),
+        "{e}"
+    );
+    let att = n.attachment(
+        0,
+        &unique("cid"),
+        "demo",
+        "p",
+        &[("PLEXUS_NETWORKS", "shared/br")],
+    );
+    n.add(&att).unwrap();
+    n.del(&att).unwrap();
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
+
+#[test]
+fn default_network_override_default_networks_and_system_namespaces() {
+    let mut n = node(1);
+    let alt = unique("alt");
+    n.nad("kube-system", "alt", json!({"cniVersion": "1.0.0", "name": "alt", "type": "bridge", "bridge": alt,
+        "ipam": {"type": "host-local", "dataDir": n.ipam_dir(), "ranges": [[{"subnet": "203.0.113.0/24"}]]}}));
+    n.nad(
+        "kube-system",
+        "extra",
+        bridge_host_local(&unique("ebr"), "198.51.100.0/24", &n.ipam_dir()),
+    );
+    n.conf["defaultNetworks"] = json!(["extra"]);
+    let att = n.attachment(
+        0,
+        &unique("cid"),
+        "demo",
+        "p",
+        &[("PLEXUS_DEFAULT_NETWORK", "alt")],
+    );
+    n.add(&att).unwrap();
+    assert!(
+        addresses(n.world.ctr(0), "eth0")[0].starts_with("203.0.113."),
+        "default network replaced"
+    );
+    assert!(
+        addresses(n.world.ctr(0), "net1")[0].starts_with("198.51.100."),
+        "defaultNetworks attached"
+    );
+    let st = n.status("demo", "p").unwrap();
+    assert_eq!(st[0]["name"], "kube-system/alt");
+    n.del(&att).unwrap();
+    let att = n.attachment(0, &unique("cid"), "kube-system", "sys", &[]);
+    n.add(&att).unwrap();
+    assert_eq!(
+        links(n.world.ctr(0)).len(),
+        2,
+        "system namespaces get no defaultNetworks"
+    );
+    n.del(&att).unwrap();
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
+
+#[test]
+fn nad_without_config_is_looked_up_on_disk_conflist_first() {
+    let n = node(1);
+    let conf = n.world.subdir("conf");
+    std::fs::write(
+        conf.join("00-disk.conf"),
+        json!({"cniVersion": "1.0.0", "name": "disk", "type": "macvlan", "master": "nope"})
+            .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        conf.join("50-disk.conflist"),
+        json!({"cniVersion": "1.0.0", "name": "disk", "plugins": [{"type": "bridge", "bridge": unique("kbr"),
+            "ipam": {"type": "host-local", "dataDir": n.ipam_dir(), "ranges": [[{"subnet": "198.51.100.0/24"}]]}}]})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        n.world.subdir("nads").join("disk.yaml"),
+        "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: disk\n  namespace: demo\n",
+    )
+    .unwrap();
+    let att = n.attachment(
+        0,
+        &unique("cid"),
+        "demo",
+        "p",
+        &[("PLEXUS_NETWORKS", "disk")],
+    );
+    n.add(&att).unwrap();
+    assert!(
+        addresses(n.world.ctr(0), "net1")[0].starts_with("198.51.100."),
+        "the conflist won over the earlier .conf"
+    );
+    n.del(&att).unwrap();
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
+
+#[test]
+fn runtime_config_goes_to_the_default_network_only() {
+    let mut n = node(1);
+    let rec = n.world.subdir("rec");
+    n.conf["capabilities"] = json!({"portMappings": true, "bandwidth": true});
+    n.conf["binDir"] = json!(plexus_bin().parent().unwrap());
+    n.conf["delegates"] = json!([{"cniVersion": "1.0.0", "name": "cluster", "plugins": [
+        {"type": "plexus-test-plugin", "recordDir": rec, "capabilities": {"portMappings": true, "bandwidth": true}}]}]);
+    n.nad("demo", "sec", json!({"cniVersion": "1.0.0", "type": "plexus-test-plugin", "recordDir": rec, "ip": "198.51.100.9/24",
+        "capabilities": {"portMappings": true, "bandwidth": true}}));
+    let mut att = n.attachment(
+        0,
+        &unique("cid"),
+        "demo",
+        "p",
+        &[("PLEXUS_NETWORKS", "sec")],
+    );
+    att.capability_args.insert(
+        "portMappings".into(),
+        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
+    );
+    att.capability_args.insert(
+        "bandwidth".into(),
+        json!({"ingressRate": 1000, "ingressBurst": 1000}),
+    );
+    n.add(&att).unwrap();
+    let calls: Vec<serde_json::Value> = std::fs::read_to_string(rec.join("calls.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        calls[0]["config"]["runtimeConfig"]["portMappings"][0]["hostPort"], 8080,
+        "default network gets the runtime's"
+    );
+    assert!(
+        calls[1]["config"].get("runtimeConfig").is_none(),
+        "D3: the secondary network gets none of it: {}",
+        calls[1]["config"]
+    );
+    assert_eq!(calls[1]["env"]["CNI_IFNAME"], "net1");
+    assert!(calls[1]["env"]["CNI_ARGS"]
+        .as_str()
+        .unwrap()
+        .contains("K8S_POD_NAME=p"));
+    n.del(&att).unwrap();
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
+
+#[test]
+fn gc_removes_stale_containers_and_forwards_the_valid_list() {
+    let mut n = node(2);
+    let rec = n.world.subdir("rec");
+    n.nad("demo", "sec", json!({"cniVersion": "1.1.0", "type": "plexus-test-plugin", "recordDir": rec, "ip": "198.51.100.9/24"}));
+    n.conf["binDir"] = json!(REFERENCE_PLUGINS);
+    let keep = n.attachment(
+        0,
+        &unique("cid"),
+        "demo",
+        "a",
+        &[("PLEXUS_NETWORKS", "sec")],
+    );
+    let stale = n.attachment(
+        1,
+        &unique("cid"),
+        "demo",
+        "b",
+        &[("PLEXUS_NETWORKS", "sec")],
+    );
+    n.add(&keep).unwrap();
+    n.add(&stale).unwrap();
+    let mut list = n.list().to_value();
+    list["cniVersion"] = json!("1.1.0");
+    let list = plexus_cni::config::NetworkConfigList::from_value(list).unwrap();
+    let valid = [plexus_cni::runtime::ValidAttachment {
+        container_id: keep.container_id.clone(),
+        ifname: "eth0".into(),
+    }];
+    let errors = n.world.host.run(|| n.rt.gc_plugins(&list, &valid)).unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        links(n.world.ctr(1)),
+        ["lo"],
+        "the stale container's interfaces are gone"
+    );
+    assert_eq!(
+        links(n.world.ctr(0)),
+        ["lo", "eth0"],
+        "the valid one is untouched"
+    );
+    let calls: Vec<serde_json::Value> = std::fs::read_to_string(rec.join("calls.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let gc = calls
+        .iter()
+        .find(|c| c["env"]["CNI_COMMAND"] == "GC")
+        .expect("GC forwarded to the secondary network");
+    assert_eq!(
+        gc["config"]["cni.dev/valid-attachments"],
+        json!([{"containerID": keep.container_id, "ifname": "net1"}])
+    );
+    n.del(&keep).unwrap();
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}

@@ -1,0 +1,153 @@
+//! A Kubernetes API server for tests, speaking the wire protocol kube-apiserver speaks
+//! for the resources Plexus uses (pods and `pods/status`, events, NADs):
+//!
+//! - `GET`/`POST`/`PUT`/`PATCH`/`DELETE` on namespaced objects and collections, and
+//!   cluster-wide `LIST`, under `/api/v1` and `/apis/<group>/<version>`;
+//! - `metav1.Status` bodies with `reason` and `code` for every error (404 NotFound,
+//!   409 AlreadyExists/Conflict, 422 Invalid, 400 BadRequest, 405, 415, 5xx);
+//! - `resourceVersion` on every write and list, optimistic concurrency (a stale
+//!   `resourceVersion` on PUT or PATCH is 409 Conflict);
+//! - JSON merge patch (RFC 7386) and strategic merge patch on maps;
+//! - `fieldSelector` on `metadata.name`, `metadata.namespace` and `spec.nodeName`;
+//! - `watch=true` streams of `{"type","object"}` lines from a resourceVersion.
+//!
+//! It counts every request, can fail the next requests on purpose, and can be
+//! stopped (connections are then refused) to test behaviour without the API.
+
+mod http;
+mod store;
+
+pub use store::Resource;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A running server.
+pub struct TestApiServer {
+    addr: SocketAddr,
+    store: Arc<store::Store>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestApiServer {
+    /// Starts a server on a free loopback port.
+    pub fn start() -> TestApiServer {
+        let store = Arc::new(store::Store::default());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+        let addr = listener.local_addr().expect("local address");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let s = store.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                let app = http::router(s);
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = rx.await;
+                    })
+                    .await;
+            });
+            // Open watch streams end with the runtime.
+            rt.shutdown_timeout(std::time::Duration::from_millis(100));
+        });
+        TestApiServer {
+            addr,
+            store,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Writes a kubeconfig pointing at the server.
+    pub fn write_kubeconfig(&self, path: &Path) {
+        let kc = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n",
+            self.url()
+        );
+        std::fs::write(path, kc).expect("writing kubeconfig");
+    }
+
+    /// Stops serving: later connections are refused.
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Creates or replaces an object (as an administrator would with kubectl apply).
+    pub fn put(&self, resource: Resource, obj: serde_json::Value) -> serde_json::Value {
+        self.store.upsert(resource, obj)
+    }
+
+    /// An object, if present.
+    pub fn get(
+        &self,
+        resource: Resource,
+        namespace: &str,
+        name: &str,
+    ) -> Option<serde_json::Value> {
+        self.store.get(resource, namespace, name)
+    }
+
+    /// Deletes an object.
+    pub fn delete(
+        &self,
+        resource: Resource,
+        namespace: &str,
+        name: &str,
+    ) -> Option<serde_json::Value> {
+        self.store.delete(resource, namespace, name)
+    }
+
+    /// Every object of a resource.
+    pub fn list(&self, resource: Resource) -> Vec<serde_json::Value> {
+        self.store.list(resource, None, &[])
+    }
+
+    /// Requests received so far, as `(method, path and query)`.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.store.log()
+    }
+
+    /// Requests whose method is `method` and whose path contains `needle`.
+    pub fn count(&self, method: &str, needle: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|(m, p)| m == method && p.contains(needle))
+            .count()
+    }
+
+    /// Forgets the request log.
+    pub fn clear_requests(&self) {
+        self.store.clear_log();
+    }
+
+    /// The next `n` requests fail with `code` (e.g. 503) and a Status body.
+    pub fn fail_next(&self, n: usize, code: u16) {
+        self.store.fail_next(n, code);
+    }
+}
+
+impl Drop for TestApiServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
