@@ -204,3 +204,41 @@ pub fn bridge_host_local(bridge: &str, subnet: &str, data: &Path) -> Value {
         {"type": "tuning", "capabilities": {"mac": true}}
     ]})
 }
+
+impl Node {
+    /// A node whose Plexus reads a test API server listening on loopback in the
+    /// node's host namespace, where the plugin runs.
+    pub fn kube(n: usize) -> (Node, plexus_testapi::TestApiServer) {
+        let mut node = Node::new(n, Mode::Local);
+        let listener = node
+            .world
+            .host
+            .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("entering the host namespace")
+            .expect("binding loopback in the host namespace");
+        let api = plexus_testapi::TestApiServer::start_on(listener);
+        let kc = node.world.subdir("kube").join("config");
+        api.write_kubeconfig(&kc);
+        if let Some(p) = node.conf["plexus"].as_object_mut() {
+            p.remove("local");
+        }
+        node.conf["kubeconfig"] = json!(kc);
+        (node, api)
+    }
+}
+
+/// A pod object as the API server stores it.
+pub fn pod_object(ns: &str, name: &str, uid: &str, networks: Option<&str>) -> Value {
+    let mut p = json!({"metadata": {"name": name, "namespace": ns, "uid": uid, "annotations": {}},
+                       "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": "registry.invalid/app"}]},
+                       "status": {"phase": "Pending"}});
+    if let Some(n) = networks {
+        p["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] = json!(n);
+    }
+    p
+}
+
+/// A NAD object with `config`.
+pub fn nad_object(ns: &str, name: &str, config: &Value) -> Value {
+    json!({"metadata": {"name": name, "namespace": ns}, "spec": {"config": config.to_string()}})
+}

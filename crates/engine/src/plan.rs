@@ -98,8 +98,18 @@ pub fn networks(
         .get(NETWORKS_ANNOTATION)
         .map(String::as_str)
         .unwrap_or_default();
-    let selections = selection::parse_networks(value, &pod.namespace)
-        .map_err(|e| selection_error(e, Some(pod)))?;
+    let selections = selection::parse_networks(value, &pod.namespace).map_err(|e| {
+        // D1: an invalid selection is never ignored; the pod shows why it does not start.
+        if let Some(c) = r.cluster {
+            c.event(
+                pod,
+                crate::cluster::EventType::Warning,
+                "InvalidNetworkSelection",
+                &e.to_string(),
+            );
+        }
+        selection_error(e, Some(pod))
+    })?;
     let globals = conf.global_namespaces();
     for sel in selections {
         let ns = &sel.network.namespace;

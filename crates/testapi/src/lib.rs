@@ -34,8 +34,13 @@ pub struct TestApiServer {
 impl TestApiServer {
     /// Starts a server on a free loopback port.
     pub fn start() -> TestApiServer {
+        Self::start_on(std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port"))
+    }
+
+    /// Starts a server on `listener` (bound, for example, inside a test's network
+    /// namespace, where the plugin under test runs).
+    pub fn start_on(listener: std::net::TcpListener) -> TestApiServer {
         let store = Arc::new(store::Store::default());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
         let addr = listener.local_addr().expect("local address");
         listener
             .set_nonblocking(true)
@@ -142,7 +147,12 @@ impl TestApiServer {
 
     /// The next `n` requests fail with `code` (e.g. 503) and a Status body.
     pub fn fail_next(&self, n: usize, code: u16) {
-        self.store.fail_next(n, code);
+        self.store.fail_next(n, code, None, None);
+    }
+
+    /// The next `n` requests with this method whose path contains `needle` fail with `code`.
+    pub fn fail_when(&self, method: &str, needle: &str, n: usize, code: u16) {
+        self.store.fail_next(n, code, Some(method), Some(needle));
     }
 }
 

@@ -148,11 +148,19 @@ pub struct WatchEvent {
 
 type Key = (Resource, String, String);
 
+/// A request that is answered with an error on purpose.
+#[derive(Debug, Clone)]
+struct FailRule {
+    method: Option<String>,
+    needle: Option<String>,
+    code: u16,
+}
+
 struct Inner {
     objects: BTreeMap<Key, Value>,
     rv: u64,
     log: Vec<(String, String)>,
-    fails: VecDeque<u16>,
+    fails: VecDeque<FailRule>,
     history: VecDeque<WatchEvent>,
 }
 
@@ -301,7 +309,11 @@ impl Store {
     pub(crate) fn log_request(&self, method: &str, path: &str) -> Option<u16> {
         let mut g = self.lock();
         g.log.push((method.to_string(), path.to_string()));
-        g.fails.pop_front()
+        let hit = g.fails.iter().position(|r| {
+            r.method.as_deref().is_none_or(|m| m == method)
+                && r.needle.as_deref().is_none_or(|n| path.contains(n))
+        })?;
+        g.fails.remove(hit).map(|r| r.code)
     }
 
     pub(crate) fn log(&self) -> Vec<(String, String)> {
@@ -312,8 +324,19 @@ impl Store {
         self.lock().log.clear();
     }
 
-    pub(crate) fn fail_next(&self, n: usize, code: u16) {
-        self.lock().fails.extend(std::iter::repeat_n(code, n));
+    pub(crate) fn fail_next(
+        &self,
+        n: usize,
+        code: u16,
+        method: Option<&str>,
+        needle: Option<&str>,
+    ) {
+        let rule = FailRule {
+            method: method.map(str::to_string),
+            needle: needle.map(str::to_string),
+            code,
+        };
+        self.lock().fails.extend(std::iter::repeat_n(rule, n));
     }
 
     /// The current resourceVersion.

@@ -1,0 +1,184 @@
+//! The test API server answers kube-rs the way kube-apiserver does: Status bodies
+//! with reason and code, resourceVersion conflicts, merge patch on pods/status,
+//! field selectors, watch.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent,
+    WatchParams,
+};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use plexus_testapi::{Resource, TestApiServer};
+use serde_json::json;
+
+fn client(api: &TestApiServer, rt: &tokio::runtime::Runtime) -> Client {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kc");
+    api.write_kubeconfig(&kc);
+    let cfg = rt
+        .block_on(Config::from_custom_kubeconfig(
+            Kubeconfig::read_from(&kc).unwrap(),
+            &KubeConfigOptions::default(),
+        ))
+        .unwrap();
+    let _g = rt.enter();
+    Client::try_from(cfg).unwrap()
+}
+
+fn api_err(e: kube::Error) -> (u16, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.reason.clone()),
+        other => panic!("not an API error: {other}"),
+    }
+}
+
+fn pod(name: &str, node: &str) -> Pod {
+    serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]}}),
+    )
+    .unwrap()
+}
+
+#[test]
+fn crud_status_codes_and_conflicts() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = TestApiServer::start();
+    let c = client(&api, &rt);
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "ns1");
+    rt.block_on(async {
+        assert_eq!(
+            api_err(pods.get("nope").await.unwrap_err()),
+            (404, "NotFound".into())
+        );
+        assert!(pods.get_opt("nope").await.unwrap().is_none());
+        let created = pods
+            .create(&PostParams::default(), &pod("a", "n1"))
+            .await
+            .unwrap();
+        let rv1 = created.metadata.resource_version.clone().unwrap();
+        assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
+        assert_eq!(
+            api_err(
+                pods.create(&PostParams::default(), &pod("a", "n1"))
+                    .await
+                    .unwrap_err()
+            ),
+            (409, "AlreadyExists".into())
+        );
+        let mut nameless = pod("x", "n1");
+        nameless.metadata.name = None;
+        assert_eq!(
+            api_err(
+                pods.create(&PostParams::default(), &nameless)
+                    .await
+                    .unwrap_err()
+            ),
+            (422, "Invalid".into())
+        );
+        // Merge patch on the status subresource changes annotations, not the spec.
+        let patch = json!({"metadata": {"annotations": {"k": "v"}}, "spec": {"nodeName": "other"}});
+        let p = pods
+            .patch_status("a", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        assert_eq!(p.metadata.annotations.unwrap()["k"], "v");
+        assert_eq!(p.spec.unwrap().node_name.unwrap(), "n1");
+        assert_ne!(p.metadata.resource_version.unwrap(), rv1);
+        // A stale resourceVersion is a conflict, on PUT and on PATCH.
+        let mut stale = created.clone();
+        stale.metadata.labels = Some([("a".to_string(), "b".to_string())].into());
+        assert_eq!(
+            api_err(
+                pods.replace("a", &PostParams::default(), &stale)
+                    .await
+                    .unwrap_err()
+            ),
+            (409, "Conflict".into())
+        );
+        let stale_patch = json!({"metadata": {"resourceVersion": rv1, "annotations": {"k": "w"}}});
+        assert_eq!(
+            api_err(
+                pods.patch_status("a", &PatchParams::default(), &Patch::Merge(&stale_patch))
+                    .await
+                    .unwrap_err()
+            ),
+            (409, "Conflict".into())
+        );
+        // Server-side apply is not served: 415, as for any unknown patch type.
+        let apply =
+            Patch::Apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}}));
+        assert_eq!(
+            api_err(
+                pods.patch("a", &PatchParams::apply("test"), &apply)
+                    .await
+                    .unwrap_err()
+            )
+            .0,
+            415
+        );
+        pods.delete("a", &DeleteParams::default()).await.unwrap();
+        assert_eq!(
+            api_err(
+                pods.delete("a", &DeleteParams::default())
+                    .await
+                    .unwrap_err()
+            ),
+            (404, "NotFound".into())
+        );
+    });
+}
+
+#[test]
+fn lists_field_selectors_nads_and_watch() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = TestApiServer::start();
+    let c = client(&api, &rt);
+    api.put(
+        Resource::Pods,
+        json!({"metadata": {"name": "on-a", "namespace": "x"}, "spec": {"nodeName": "node-a"}}),
+    );
+    api.put(
+        Resource::Pods,
+        json!({"metadata": {"name": "on-b", "namespace": "y"}, "spec": {"nodeName": "node-b"}}),
+    );
+    api.put(
+        Resource::Nads,
+        json!({"metadata": {"name": "mv", "namespace": "x"}, "spec": {"config": "{}"}}),
+    );
+    let all: Api<Pod> = Api::all(c.clone());
+    let nads: Api<DynamicObject> =
+        Api::namespaced_with(c.clone(), "x", &plexus_kube::nad_resource());
+    rt.block_on(async {
+        let l = all.list(&ListParams::default().fields("spec.nodeName=node-a")).await.unwrap();
+        assert_eq!(l.items.len(), 1);
+        assert_eq!(l.items[0].metadata.name.as_deref(), Some("on-a"));
+        assert!(l.metadata.resource_version.is_some());
+        assert_eq!(api_err(all.list(&ListParams::default().fields("status.phase=Running")).await.unwrap_err()), (400, "BadRequest".into()));
+        let n = nads.get("mv").await.unwrap();
+        assert_eq!(n.data["spec"]["config"], "{}");
+        assert_eq!(n.types.unwrap().kind, "NetworkAttachmentDefinition");
+        let rv = l.metadata.resource_version.unwrap();
+        let mut w = all.watch(&WatchParams::default().fields("spec.nodeName=node-a").timeout(5), &rv).await.unwrap().boxed();
+        api.put(Resource::Pods, json!({"metadata": {"name": "later-b", "namespace": "x"}, "spec": {"nodeName": "node-b"}}));
+        api.put(Resource::Pods, json!({"metadata": {"name": "later-a", "namespace": "x"}, "spec": {"nodeName": "node-a"}}));
+        api.delete(Resource::Pods, "x", "on-a");
+        let mut seen = Vec::new();
+        while let Some(ev) = w.next().await {
+            match ev.unwrap() {
+                WatchEvent::Added(p) => seen.push(format!("ADDED {}", p.metadata.name.unwrap())),
+                WatchEvent::Deleted(p) => {
+                    seen.push(format!("DELETED {}", p.metadata.name.unwrap()));
+                    break;
+                }
+                other => seen.push(format!("{other:?}")),
+            }
+        }
+        assert_eq!(seen, ["ADDED later-a", "DELETED on-a"], "only this node's pods, in order");
+    });
+    assert!(api.count("GET", "watch=true") >= 1);
+}
