@@ -163,8 +163,22 @@ impl Runtime {
     /// ADD: every plugin in order, each given the previous result; the final result is
     /// cached and returned in the list's version. The caller DELs after a failure.
     pub fn add_list(&self, list: &NetworkConfigList, att: &Attachment) -> Result<CniResult> {
+        self.add_list_from(list, att, None)
+    }
+
+    /// ADD with a `prevResult` for the first plugin (a chain that continues another,
+    /// as Multus's auxiliary chain continues after its `passthru` plugin).
+    pub fn add_list_from(
+        &self,
+        list: &NetworkConfigList,
+        att: &Attachment,
+        first_prev: Option<CniResult>,
+    ) -> Result<CniResult> {
         check_attachment(att, true)?;
-        let mut prev: Option<CniResult> = None;
+        let mut prev: Option<CniResult> = match first_prev {
+            Some(p) => Some(p.convert_to(&list.cni_version)?),
+            None => None,
+        };
         for plugin in &list.plugins {
             let req = derive_request(plugin, list, Op::Add, prev.as_ref(), &att.capability_args)?;
             let out = self

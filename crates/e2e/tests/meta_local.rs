@@ -564,3 +564,127 @@ fn gc_removes_stale_containers_and_forwards_the_valid_list() {
     n.del(&keep).unwrap();
     assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
 }
+
+#[test]
+fn device_info_is_capability_driven_reported_and_removed() {
+    let mut n = node(1);
+    n.conf["binDir"] = json!(plexus_bin().parent().unwrap());
+    n.nad(
+        "demo",
+        "dev",
+        json!({"cniVersion": "1.0.0", "type": "plexus-test-plugin", "ip": "198.51.100.9/24",
+        "capabilities": {"CNIDeviceInfoFile": true}}),
+    );
+    let att = n.attachment(
+        0,
+        &unique("cid"),
+        "demo",
+        "p",
+        &[("PLEXUS_NETWORKS", "dev")],
+    );
+    n.add(&att).unwrap();
+    let st = n.status("demo", "p").unwrap();
+    assert_eq!(
+        st[1]["device-info"],
+        json!({"type": "pci", "version": "1.1.0", "pci": {"pci-address": "0000:00:1f.6"}})
+    );
+    let files = files_below(&n.world.subdir("devinfo"));
+    assert_eq!(files.len(), 1);
+    assert!(
+        files[0]
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("demo-dev-"),
+        "{files:?}"
+    );
+    n.del(&att).unwrap();
+    assert!(
+        n.leftovers().is_empty(),
+        "the device-info file is removed on DEL: {:?}",
+        n.leftovers()
+    );
+}
+
+#[test]
+fn status_reaches_the_cluster_network_and_waits_for_readiness() {
+    let mut n = node(1);
+    let rec = n.world.subdir("rec");
+    n.conf["binDir"] = json!(plexus_bin().parent().unwrap());
+    n.conf["delegates"] = json!([{"cniVersion": "1.1.0", "name": "cluster", "plugins": [
+        {"type": "plexus-test-plugin", "recordDir": rec, "statusCode": 51}]}]);
+    let mut list = n.list().to_value();
+    list["cniVersion"] = json!("1.1.0");
+    let list = plexus_cni::config::NetworkConfigList::from_value(list).unwrap();
+    let e = n
+        .world
+        .host
+        .run(|| n.rt.status_list(&list))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        e.code, 51,
+        "the delegate's STATUS code reaches the runtime: {e}"
+    );
+    n.conf["readinessindicatorfile"] = json!(n.world.subdir("ready").join("flag"));
+    let mut list = n.list().to_value();
+    list["cniVersion"] = json!("1.1.0");
+    let list = plexus_cni::config::NetworkConfigList::from_value(list).unwrap();
+    let e = n
+        .world
+        .host
+        .run(|| n.rt.status_list(&list))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code, 50, "not ready yet: {e}");
+    assert!(e.msg.contains("readiness indicator file"), "{e}");
+}
+
+#[test]
+fn auxiliary_chain_runs_after_every_network() {
+    let mut n = node(1);
+    let rec = n.world.subdir("rec");
+    let conf = n.world.subdir("netd");
+    let cluster = json!({"cniVersion": "1.0.0", "name": "cluster", "plugins": [{"type": "bridge", "bridge": unique("abr"),
+        "ipam": {"type": "host-local", "dataDir": n.ipam_dir(), "ranges": [[{"subnet": "192.0.2.0/24"}]]}}]});
+    std::fs::write(conf.join("10-cluster.conflist"), cluster.to_string()).unwrap();
+    std::fs::create_dir_all(conf.join("aux")).unwrap();
+    std::fs::write(
+        conf.join("aux/10-rec.conf"),
+        json!({"type": "plexus-test-plugin", "recordDir": rec, "ip": "203.0.113.1/32"}).to_string(),
+    )
+    .unwrap();
+    n.conf.as_object_mut().unwrap().remove("delegates");
+    n.conf["clusterNetwork"] = json!(conf.join("10-cluster.conflist"));
+    n.conf["auxiliaryCNIChainName"] = json!("aux");
+    n.conf["binDir"] = json!(plexus_bin().parent().unwrap());
+    let att = n.attachment(0, &unique("cid"), "demo", "p", &[]);
+    let r = n.add(&att).unwrap().to_current();
+    assert!(
+        r.ips[0].address.to_string().starts_with("192.0.2."),
+        "the runtime still gets the cluster network's result"
+    );
+    let calls: Vec<serde_json::Value> = std::fs::read_to_string(rec.join("calls.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(calls[0]["env"]["CNI_COMMAND"], "ADD");
+    assert_eq!(calls[0]["env"]["CNI_IFNAME"], "eth0");
+    assert_eq!(calls[0]["config"]["name"], "aux");
+    assert_eq!(
+        calls[0]["config"]["prevResult"],
+        json!({"cniVersion": "1.0.0"}),
+        "it continues from an empty result"
+    );
+    assert_eq!(
+        n.status("demo", "p").unwrap().as_array().unwrap().len(),
+        1,
+        "no status entry of its own"
+    );
+    n.del(&att).unwrap();
+    let calls = std::fs::read_to_string(rec.join("calls.jsonl")).unwrap();
+    assert_eq!(calls.lines().count(), 2, "DEL reached the auxiliary chain");
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}

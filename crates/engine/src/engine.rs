@@ -161,7 +161,7 @@ impl Engine {
         let r = self.resolver();
         let nets = plan::networks(&r, &input)?;
         let planned = plan::attachments(&r, &input, nets, &self.conf.runtime_config)?;
-        for p in &planned {
+        for p in planned.iter().filter(|p| !p.auxiliary) {
             if interface_exists(&netns, &p.ifname)? {
                 return Err(CniError::invalid_config(format!(
                     "network \"{}\": interface {:?} already exists in {netns_path}",
@@ -216,7 +216,13 @@ impl Engine {
         );
         let ctx =
             |e: CniError| e.context(format!("network \"{}\" (interface {:?})", p.name, p.ifname));
-        let result = rt.add_list(&p.list, &att).map_err(ctx)?;
+        let result = if p.auxiliary {
+            // Multus's passthru plugin heads this chain with an empty result.
+            let empty = CniResult::from_value(&json!({"cniVersion": p.list.cni_version}))?;
+            rt.add_list_from(&p.list, &att, Some(empty)).map_err(ctx)?
+        } else {
+            rt.add_list(&p.list, &att).map_err(ctx)?
+        };
         verify_requests(p, &result.to_current()).map_err(ctx)?;
         let device_info = p
             .device_info_file
@@ -265,7 +271,7 @@ impl Engine {
             return Ok(());
         };
         let mut statuses: Vec<NetworkStatus> = Vec::new();
-        for a in added.iter() {
+        for a in added.iter().filter(|a| !a.planned.auxiliary) {
             let r = a.result.to_current();
             let default_route = a
                 .planned
@@ -287,7 +293,7 @@ impl Engine {
         cluster
             .set_network_status(pod, &statuses)
             .map_err(|e| e.context(format!("pod \"{}\": writing network-status", pod.key())))?;
-        for a in added.iter() {
+        for a in added.iter().filter(|a| !a.planned.auxiliary) {
             let r = a.result.to_current();
             if r.interfaces.is_empty() && r.ips.is_empty() {
                 continue;
@@ -627,6 +633,7 @@ fn to_state(p: &Planned) -> AttachmentState {
         attempted: false,
         result: None,
         device_info_file: p.device_info_file.clone(),
+        auxiliary: p.auxiliary,
     }
 }
 

@@ -35,6 +35,9 @@ pub struct Planned {
     pub selection: Option<NetworkSelection>,
     /// The CNI device-info file, when a plugin declares `CNIDeviceInfoFile`.
     pub device_info_file: Option<PathBuf>,
+    /// The auxiliary chain (`auxiliaryCNIChainName`): it continues from an empty result
+    /// on the default network's interface and has no status entry of its own.
+    pub auxiliary: bool,
 }
 
 /// What planning needs of the request.
@@ -217,9 +220,66 @@ pub fn attachments(
             is_default,
             selection: sel,
             device_info_file,
+            auxiliary: false,
         });
     }
+    if let Some(aux) = auxiliary_chain(r, input, &out)? {
+        out.push(aux);
+    }
     Ok(out)
+}
+
+/// `auxiliaryCNIChainName`: the plugins in `<dir of clusterNetwork>/<name>/*.conf`,
+/// run after every network on the default network's interface (Multus runs them
+/// behind its `passthru` plugin). Nothing when the directory holds no plugin.
+fn auxiliary_chain(
+    r: &Resolver,
+    input: &PlanInput,
+    planned: &[Planned],
+) -> Result<Option<Planned>> {
+    let name = &r.conf.auxiliary_cni_chain_name;
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let cn = r.conf.cluster_network.as_deref().unwrap_or_default();
+    if !cn.starts_with('/') {
+        return Err(CniError::invalid_config(format!(
+            "\"auxiliaryCNIChainName\" {name:?} needs \"clusterNetwork\" to be a file or directory path, it is {cn:?}"
+        )));
+    }
+    let p = std::path::Path::new(cn);
+    let dir = if p.is_dir() {
+        p
+    } else {
+        p.parent().unwrap_or(p)
+    };
+    let plugins = plexus_cni::loader::sibling_plugins(dir, name)?;
+    if plugins.is_empty() {
+        return Ok(None);
+    }
+    let version = planned
+        .first()
+        .map(|m| m.list.cni_version.clone())
+        .unwrap_or_else(|| "1.0.0".into());
+    let list = NetworkConfigList::from_value(json!({
+        "cniVersion": version, "name": name,
+        "plugins": plugins.iter().map(|p| p.to_value()).collect::<Vec<_>>()
+    }))?;
+    let base = planned
+        .first()
+        .map(|m| m.cni_args.clone())
+        .unwrap_or_default();
+    Ok(Some(Planned {
+        name: name.clone(),
+        ifname: input.ifname.to_string(),
+        list,
+        capability_args: Map::new(),
+        cni_args: base,
+        is_default: false,
+        selection: None,
+        device_info_file: None,
+        auxiliary: true,
+    }))
 }
 
 /// Config mutations a selection element asks for: `cni-args` merged into every

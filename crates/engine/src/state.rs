@@ -38,6 +38,9 @@ pub struct AttachmentState {
     /// The CNI device-info file, removed on DEL.
     #[serde(default)]
     pub device_info_file: Option<PathBuf>,
+    /// The auxiliary chain (continues from an empty result).
+    #[serde(default)]
+    pub auxiliary: bool,
 }
 
 /// The state of one container.

@@ -31,6 +31,16 @@ fn record(config: &Value, env: &HashMap<String, String>) {
 impl Plugin for TestPlugin {
     fn add(&self, req: &Request) -> Result<CniResult> {
         let prev = req.prev_result()?;
+        if let Some(path) = req.config["runtimeConfig"]["CNIDeviceInfoFile"].as_str() {
+            // What an SR-IOV-like plugin does with the capability (device-info-spec §5.1).
+            let info =
+                json!({"type": "pci", "version": "1.1.0", "pci": {"pci-address": "0000:00:1f.6"}});
+            if let Some(dir) = std::path::Path::new(path).parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            std::fs::write(path, info.to_string())
+                .map_err(|e| CniError::io(format!("{path}: {e}")))?;
+        }
         let ip = req
             .config
             .get("ip")
