@@ -9,10 +9,13 @@ locked=()
 [ -n "${CI:-}" ] && locked=(--locked)
 cargo fmt --all -- --check
 cargo clippy "${locked[@]}" --workspace --all-targets -- -D warnings
-cargo test "${locked[@]}" --workspace 2>&1 | tee target/test-output.log
+cargo test "${locked[@]}" --workspace --all-targets 2>&1 | tee target/test-output.log
 # A namespace or a temporary directory left behind is a test bug.
 left=$(ip netns list | grep -E '^(hst|ctr|plx|dmo)' || true)
 if [ -n "$left" ]; then
   echo "test namespaces left behind: $left" >&2
   exit 1
 fi
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1); if ($i ~ /^ignored/) s += $(i-1) } }
+     END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' target/test-output.log
