@@ -22,6 +22,8 @@ const STDERR_TAIL: usize = 4096;
 pub struct ExecRequest<'a> {
     /// The binary.
     pub binary: &'a Path,
+    /// Its arguments (plugins get none; wrappers such as `chroot` do).
+    pub args: Vec<String>,
     /// The whole environment of the child (nothing is inherited).
     pub env: Vec<(String, String)>,
     /// Bytes written to the child's stdin.
@@ -81,6 +83,7 @@ impl Exec for ProcessExec {
     fn run(&self, req: &ExecRequest<'_>) -> Result<ExecOutput> {
         let shown = req.binary.display();
         let mut child = Command::new(req.binary)
+            .args(&req.args)
             .env_clear()
             .envs(req.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
@@ -204,6 +207,7 @@ mod tests {
         ];
         ProcessExec.run(&ExecRequest {
             binary: Path::new("/bin/sh"),
+            args: vec![],
             env,
             stdin: script.as_bytes(),
             timeout,

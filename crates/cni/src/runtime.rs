@@ -148,6 +148,7 @@ impl Runtime {
             "executing plugin"
         );
         let out = self.exec.run(&ExecRequest {
+            args: vec![],
             binary: &binary,
             env,
             stdin: request,
@@ -400,6 +401,7 @@ impl Runtime {
             ("PATH".to_string(), self.path_env.clone()),
         ];
         let out = self.exec.run(&ExecRequest {
+            args: vec![],
             binary: &binary,
             env,
             stdin: &req,

@@ -242,3 +242,150 @@ pub fn pod_object(ns: &str, name: &str, uid: &str, networks: Option<&str>) -> Va
 pub fn nad_object(ns: &str, name: &str, config: &Value) -> Value {
     json!({"metadata": {"name": name, "namespace": ns}, "spec": {"config": config.to_string()}})
 }
+
+/// A running plexusd for a node, started inside the node's host namespace.
+pub struct Daemon {
+    child: std::process::Child,
+    /// The socket directory.
+    pub socket_dir: PathBuf,
+    /// Where its config lives.
+    pub config_path: PathBuf,
+    /// Its stderr.
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts plexusd with the node's engine keys plus `extra` daemon keys, and waits until ready.
+    pub fn start(node: &Node, extra: Value) -> Daemon {
+        let socket_dir = node.world.subdir("run");
+        let mut cfg = node.conf.clone();
+        let obj = cfg.as_object_mut().expect("config object");
+        obj.remove("type");
+        obj.insert("cniVersion".into(), json!("1.0.0"));
+        obj.insert("socketDir".into(), json!(socket_dir));
+        obj.insert("nodeName".into(), json!("node-a"));
+        obj.insert("multusConfigFile".into(), json!("none"));
+        if let Some(e) = extra.as_object() {
+            for (k, v) in e {
+                match (obj.get_mut(k), v) {
+                    // `plexus` keys are merged, not replaced.
+                    (Some(Value::Object(mine)), Value::Object(theirs)) => {
+                        mine.extend(theirs.clone())
+                    }
+                    _ => {
+                        obj.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        let config_path = node.world.subdir("daemon").join("daemon-config.json");
+        std::fs::write(&config_path, cfg.to_string()).expect("daemon config");
+        let log = node.world.subdir("daemon").join("plexusd.log");
+        let bin = plexus_bin().with_file_name("plexusd");
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let child = node
+            .world
+            .host
+            .run(|| {
+                std::process::Command::new(&bin)
+                    .arg("--config")
+                    .arg(&config_path)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(stderr)
+                    .spawn()
+            })
+            .expect("entering the host namespace")
+            .expect("starting plexusd");
+        let d = Daemon {
+            child,
+            socket_dir,
+            config_path,
+            log,
+        };
+        d.wait_ready(std::time::Duration::from_secs(25));
+        d
+    }
+
+    /// The socket.
+    pub fn socket(&self) -> PathBuf {
+        self.socket_dir.join("plexus.sock")
+    }
+
+    /// Sends raw bytes and returns the raw answer.
+    pub fn raw(&self, bytes: &[u8]) -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(self.socket())?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+        s.write_all(bytes)?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    fn wait_ready(&self, max: std::time::Duration) {
+        let deadline = std::time::Instant::now() + max;
+        while std::time::Instant::now() < deadline {
+            if self
+                .raw(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "plexusd not ready: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(mut self) {
+        let _ = nix_kill(self.child.id());
+        let _ = self.child.wait();
+    }
+}
+
+fn nix_kill(pid: u32) -> std::io::Result<()> {
+    let st = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("kill failed"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    /// The plugin configuration of thick mode (what the runtime reads): only the shim
+    /// and where its daemon is; the daemon overlays its own keys.
+    pub fn shim_conf(&self) -> Value {
+        json!({"type": "plexus-shim", "daemonSocketDir": self.world.subdir("run"), "plexus": {"shimWaitSeconds": 1}})
+    }
+}

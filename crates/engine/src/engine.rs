@@ -49,6 +49,7 @@ pub struct Engine {
     conf: NetConf,
     cluster: Option<Arc<dyn Cluster>>,
     state: StateStore,
+    exec: Option<Arc<dyn plexus_cni::exec::Exec>>,
 }
 
 struct Added {
@@ -65,7 +66,19 @@ impl Engine {
             conf,
             cluster,
             state,
+            exec: None,
         }
+    }
+
+    /// Runs delegates through `exec` (the daemon's chroot executor, for example).
+    pub fn with_exec(mut self, exec: Arc<dyn plexus_cni::exec::Exec>) -> Engine {
+        self.exec = Some(exec);
+        self
+    }
+
+    /// The state store (thin and thick mode share it).
+    pub fn state(&self) -> &StateStore {
+        &self.state
     }
 
     /// The configuration.
@@ -83,6 +96,9 @@ impl Engine {
         );
         let mut rt = Runtime::new(paths, Some(self.conf.cni_dir.clone()));
         rt.timeout = self.conf.delegate_timeout();
+        if let Some(e) = &self.exec {
+            rt.exec = e.clone();
+        }
         rt
     }
 

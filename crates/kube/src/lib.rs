@@ -198,38 +198,43 @@ impl Cluster for KubeCluster {
 
     fn event(&self, pod: &PodInfo, kind: EventType, reason: &str, message: &str) {
         let api: Api<Event> = Api::namespaced(self.client.clone(), &pod.namespace);
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let ev = Event {
-            metadata: ObjectMeta {
-                generate_name: Some(format!("{}.", pod.name)),
-                namespace: Some(pod.namespace.clone()),
-                ..Default::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(pod.name.clone()),
-                namespace: Some(pod.namespace.clone()),
-                uid: Some(pod.uid.clone()).filter(|u| !u.is_empty()),
-                ..Default::default()
-            },
-            reason: Some(reason.into()),
-            message: Some(message.into()),
-            type_: Some(kind.as_str().into()),
-            source: Some(k8s_openapi::api::core::v1::EventSource {
-                component: Some("plexus".into()),
-                host: None,
-            }),
-            reporting_component: Some("plexus".into()),
-            first_timestamp: Some(Time(now)),
-            last_timestamp: Some(Time(now)),
-            event_time: Some(MicroTime(now)),
-            count: Some(1),
-            ..Default::default()
-        };
+        let ev = event_object(pod, kind, reason, message);
         let pp = PostParams::default();
         if let Err(e) = self.call("event", || api.create(&pp, &ev)) {
             tracing::warn!(error = %e, pod = %pod.key(), reason, "cannot record event");
         }
+    }
+}
+
+/// The core/v1 Event Plexus records on a pod.
+pub fn event_object(pod: &PodInfo, kind: EventType, reason: &str, message: &str) -> Event {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}.", pod.name)),
+            namespace: Some(pod.namespace.clone()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod.name.clone()),
+            namespace: Some(pod.namespace.clone()),
+            uid: Some(pod.uid.clone()).filter(|u| !u.is_empty()),
+            ..Default::default()
+        },
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        type_: Some(kind.as_str().into()),
+        source: Some(k8s_openapi::api::core::v1::EventSource {
+            component: Some("plexus".into()),
+            host: None,
+        }),
+        reporting_component: Some("plexus".into()),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        event_time: Some(MicroTime(now)),
+        count: Some(1),
+        ..Default::default()
     }
 }

@@ -100,7 +100,7 @@ fn main() {
         .get("CNI_COMMAND")
         .map(String::as_str)
         .unwrap_or_default();
-    let behavior = if command == "VERSION" {
+    let mut behavior = if command == "VERSION" {
         "ok"
     } else {
         config
@@ -108,6 +108,10 @@ fn main() {
             .and_then(Value::as_str)
             .unwrap_or("ok")
     };
+    // `failOn`: fail only this command (e.g. a DEL that cannot complete).
+    if config.get("failOn").and_then(Value::as_str) == Some(command) {
+        behavior = "error";
+    }
     let mut out = std::io::stdout();
     match behavior {
         "error" => {

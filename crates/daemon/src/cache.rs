@@ -1,0 +1,260 @@
+//! Node-scoped caches: a watch of this node's pods (`spec.nodeName`), trimmed to what
+//! Plexus reads, and a watch of the NADs. ADD reads from them; only a miss (a pod
+//! created a moment ago, a NAD just written) falls back to a live GET, after a short
+//! bounded wait for the watch to deliver it. The status write uses the cached
+//! resourceVersion, so a steady-state ADD makes no read at all.
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::ApiResource;
+use kube::runtime::reflector::{self, store::Writer, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Client;
+use plexus_cni::{code, CniError, Result};
+use plexus_engine::{Cluster, EventType, PodInfo};
+use plexus_npwg::nad::Nad;
+use plexus_npwg::status::NetworkStatus;
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::runtime::Handle;
+
+/// The two caches and their sync state.
+pub struct Caches {
+    /// This node's pods.
+    pub pods: Store<Pod>,
+    /// All NADs.
+    pub nads: Store<DynamicObject>,
+    /// The pod cache has listed once.
+    pub pods_synced: AtomicBool,
+    /// The NAD cache has listed once.
+    pub nads_synced: AtomicBool,
+    nad_resource: ApiResource,
+}
+
+/// Drops what Plexus never reads, so memory follows the pods of this node only.
+fn trim(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.owner_references = None;
+    pod.metadata.labels = None;
+    pod.spec = None;
+    pod.status = None;
+}
+
+impl Caches {
+    /// Starts the watches on `handle`; they reconnect with back-off for ever.
+    pub fn start(client: &Client, node: Option<&str>, handle: &Handle) -> Arc<Caches> {
+        let nad_resource = plexus_kube::nad_resource();
+        let (pods, pod_writer) = reflector::store::<Pod>();
+        let nad_writer = Writer::<DynamicObject>::new(nad_resource.clone());
+        let nads = nad_writer.as_reader();
+        let caches = Arc::new(Caches {
+            pods,
+            nads,
+            pods_synced: AtomicBool::new(false),
+            nads_synced: AtomicBool::new(false),
+            nad_resource: nad_resource.clone(),
+        });
+        let mut pod_cfg = watcher::Config::default();
+        if let Some(n) = node {
+            pod_cfg = pod_cfg.fields(&format!("spec.nodeName={n}"));
+        }
+        let pod_api: Api<Pod> = Api::all(client.clone());
+        let c = caches.clone();
+        handle.spawn(async move {
+            let stream = reflector::reflector(
+                pod_writer,
+                watcher(pod_api, pod_cfg).modify(trim).default_backoff(),
+            );
+            futures_util::pin_mut!(stream);
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(watcher::Event::InitDone) => c.pods_synced.store(true, Ordering::SeqCst),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "pod watch"),
+                }
+            }
+        });
+        let nad_api: Api<DynamicObject> = Api::all_with(client.clone(), &nad_resource);
+        let c = caches.clone();
+        handle.spawn(async move {
+            let stream = reflector::reflector(
+                nad_writer,
+                watcher(nad_api, watcher::Config::default()).default_backoff(),
+            );
+            futures_util::pin_mut!(stream);
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(watcher::Event::InitDone) => c.nads_synced.store(true, Ordering::SeqCst),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "NAD watch"),
+                }
+            }
+        });
+        caches
+    }
+
+    /// Both caches listed once.
+    pub fn synced(&self) -> bool {
+        self.pods_synced.load(Ordering::SeqCst) && self.nads_synced.load(Ordering::SeqCst)
+    }
+
+    fn pod(&self, ns: &str, name: &str) -> Option<Arc<Pod>> {
+        self.pods.get(&ObjectRef::new(name).within(ns))
+    }
+
+    fn nad(&self, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
+        self.nads
+            .get(&ObjectRef::new_with(name, self.nad_resource.clone()).within(ns))
+    }
+}
+
+/// The cluster as the daemon's engine sees it.
+pub struct DaemonCluster {
+    /// The caches.
+    pub caches: Arc<Caches>,
+    /// The client for misses and writes.
+    pub client: Client,
+    /// The daemon's runtime (the engine runs on blocking threads and waits on it).
+    pub handle: Handle,
+    /// Time limit per API request.
+    pub timeout: Duration,
+    /// How long a cache miss waits for the watch before a live GET.
+    pub miss_wait: Duration,
+    /// Record `AddedInterface` events.
+    pub added_interface_events: bool,
+}
+
+fn api_error(what: &str, e: impl std::fmt::Display) -> CniError {
+    CniError::new(
+        code::TRY_AGAIN_LATER,
+        format!("{what}: Kubernetes API: {e}"),
+    )
+}
+
+fn pod_info(p: &Pod, ns: &str, name: &str) -> PodInfo {
+    PodInfo {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        uid: p.metadata.uid.clone().unwrap_or_default(),
+        annotations: p.metadata.annotations.clone().unwrap_or_default(),
+    }
+}
+
+impl DaemonCluster {
+    fn block<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = std::result::Result<T, kube::Error>>,
+    ) -> Result<T> {
+        self.handle.block_on(async {
+            match tokio::time::timeout(self.timeout, f).await {
+                Ok(r) => r.map_err(|e| api_error(what, e)),
+                Err(_) => Err(api_error(
+                    what,
+                    format!("no answer within {:?}", self.timeout),
+                )),
+            }
+        })
+    }
+
+    /// Waits (bounded) for `probe` to find something in a cache.
+    fn wait_for<T>(&self, probe: impl Fn() -> Option<T>) -> Option<T> {
+        let deadline = std::time::Instant::now() + self.miss_wait;
+        loop {
+            if let Some(v) = probe() {
+                return Some(v);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Cluster for DaemonCluster {
+    fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<PodInfo>> {
+        if let Some(p) = self.wait_for(|| self.caches.pod(namespace, name)) {
+            return Ok(Some(pod_info(&p, namespace, name)));
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let what = format!("pod \"{namespace}/{name}\"");
+        Ok(self
+            .block(&what, api.get_opt(name))?
+            .map(|p| pod_info(&p, namespace, name)))
+    }
+
+    fn get_nad(&self, namespace: &str, name: &str) -> Result<Option<Nad>> {
+        let obj = match self.caches.nad(namespace, name) {
+            Some(o) => Some((*o).clone()),
+            None => {
+                let api: Api<DynamicObject> = Api::namespaced_with(
+                    self.client.clone(),
+                    namespace,
+                    &plexus_kube::nad_resource(),
+                );
+                self.block(
+                    &format!("NetworkAttachmentDefinition \"{namespace}/{name}\""),
+                    api.get_opt(name),
+                )?
+            }
+        };
+        obj.map(|o| {
+            let v = serde_json::to_value(&o).map_err(|e| CniError::decode(e.to_string()))?;
+            Nad::from_object(&v)
+        })
+        .transpose()
+    }
+
+    fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let what = format!("pod \"{}\" status", pod.key());
+        let value =
+            serde_json::to_string_pretty(status).map_err(|e| CniError::internal(e.to_string()))?;
+        // First try with the cached resourceVersion (no read); on conflict, read and retry.
+        let mut rv = self
+            .caches
+            .pod(&pod.namespace, &pod.name)
+            .and_then(|p| p.metadata.resource_version.clone());
+        for _ in 0..5 {
+            let patch = json!({"metadata": {"resourceVersion": rv, "annotations": {plexus_npwg::STATUS_ANNOTATION: value}}});
+            match self.block(
+                &what,
+                api.patch_status(&pod.name, &PatchParams::default(), &Patch::Merge(&patch)),
+            ) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.msg.contains("409") || e.msg.contains("Conflict") => {
+                    match self.block(&what, api.get_opt(&pod.name))? {
+                        Some(p) => rv = p.metadata.resource_version,
+                        None => return Ok(()),
+                    }
+                }
+                Err(e) if e.msg.contains("NotFound") || e.msg.contains("404") => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(CniError::new(
+            code::TRY_AGAIN_LATER,
+            format!("{what}: conflicting updates, gave up after 5 attempts"),
+        ))
+    }
+
+    fn event(&self, pod: &PodInfo, kind: EventType, reason: &str, message: &str) {
+        if reason == "AddedInterface" && !self.added_interface_events {
+            return;
+        }
+        let client = self.client.clone();
+        let ev = plexus_kube::event_object(pod, kind, reason, message);
+        let ns = pod.namespace.clone();
+        // Off the request's path: the CNI answer does not wait for the event.
+        self.handle.spawn(async move {
+            let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client, &ns);
+            if let Err(e) = api.create(&Default::default(), &ev).await {
+                tracing::warn!(error = %e, "cannot record event");
+            }
+        });
+    }
+}

@@ -1,0 +1,131 @@
+//! plexusd, the Plexus node daemon (thick mode). The `plexus-shim` CNI binary forwards
+//! each request to it over a root-only unix socket; it runs the same engine, with the
+//! same on-disk state, as thin mode, reading pods and NADs from node-scoped caches.
+
+pub mod autoconf;
+pub mod cache;
+pub mod config;
+pub mod metrics;
+pub mod server;
+
+use anyhow::{Context, Result};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use plexus_cni::exec::{Exec, ExecOutput, ExecRequest, ProcessExec};
+use server::AppState;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UnixListener;
+use tokio::sync::{Notify, Semaphore};
+
+/// Executes delegates chrooted into `chrootDir` (the host's root mounted in the
+/// daemon's pod), through the `chroot` command.
+pub struct ChrootExec {
+    /// The new root.
+    pub root: PathBuf,
+}
+
+impl Exec for ChrootExec {
+    fn run(&self, req: &ExecRequest<'_>) -> plexus_cni::Result<ExecOutput> {
+        // `chroot ROOT BINARY`: the binary's path is the host's path.
+        let mut args = vec![
+            self.root.display().to_string(),
+            req.binary.display().to_string(),
+        ];
+        args.extend(req.args.iter().cloned());
+        ProcessExec.run(&ExecRequest {
+            binary: Path::new("/usr/sbin/chroot"),
+            args,
+            env: req.env.clone(),
+            stdin: req.stdin,
+            timeout: req.timeout,
+        })
+    }
+}
+
+/// Prepares the socket: directory 0700, stale socket removed, socket 0600.
+pub fn bind_socket(path: &Path) -> Result<UnixListener> {
+    let dir = path.parent().context("socket path has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).context("removing the stale socket")
+        }
+        _ => {}
+    }
+    let l = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Serves the socket until `stop` is notified; then stops accepting, waits (bounded)
+/// for the requests in flight, and removes the socket.
+pub async fn serve(state: Arc<AppState>, listener: UnixListener, stop: Arc<Notify>) -> Result<()> {
+    let cfg = state.cfg.clone();
+    let conns = Arc::new(Semaphore::new(cfg.connection_limit));
+    let app = server::router(state.clone());
+    loop {
+        let permit = tokio::select! {
+            p = conns.clone().acquire_owned() => p?,
+            _ = stop.notified() => break,
+        };
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => a?,
+            _ = stop.notified() => break,
+        };
+        let svc = TowerToHyperService::new(app.clone());
+        let read_timeout = cfg.request_read_timeout;
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(read_timeout)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection");
+            }
+            drop(permit);
+        });
+    }
+    state.ready.store(false, Ordering::SeqCst);
+    drop(listener);
+    let _ = std::fs::remove_file(cfg.socket_path());
+    let deadline = tokio::time::Instant::now() + cfg.shutdown_grace;
+    while conns.available_permits() < cfg.connection_limit && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Serves `/metrics` (and `/healthz`) on TCP.
+pub async fn serve_metrics(state: Arc<AppState>, addr: std::net::SocketAddr) -> Result<()> {
+    use axum::routing::get;
+    let m = state.metrics.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("metrics on {addr}"))?;
+    axum::serve(l, app).await?;
+    Ok(())
+}

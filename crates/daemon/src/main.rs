@@ -1,0 +1,153 @@
+//! `plexusd`: the Plexus node daemon.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use plexus_daemon::cache::{Caches, DaemonCluster};
+use plexus_daemon::config::DaemonConfig;
+use plexus_daemon::server::AppState;
+use plexus_daemon::{autoconf, bind_socket, serve, serve_metrics, ChrootExec};
+use plexus_engine::Cluster;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+
+#[derive(Parser)]
+#[command(name = "plexusd", version, about = "Plexus node daemon (thick mode)")]
+struct Args {
+    /// Daemon configuration (Multus daemon-config.json keys).
+    #[arg(
+        long,
+        env = "PLEXUS_DAEMON_CONFIG",
+        default_value = "/etc/cni/net.d/plexus.d/daemon-config.json"
+    )]
+    config: PathBuf,
+}
+
+fn init_logging(level: &str) {
+    let max = match level {
+        "debug" => tracing::Level::DEBUG,
+        "error" | "panic" => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(max)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn kube_client(cfg: &DaemonConfig) -> Result<Option<kube::Client>> {
+    let config = match &cfg.kubeconfig {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(p)
+                .with_context(|| format!("kubeconfig {}", p.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => kube::Config::incluster()?,
+        None => return Ok(None),
+    };
+    Ok(Some(kube::Client::try_from(config)?))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let cfg = Arc::new(DaemonConfig::load(&args.config)?);
+    init_logging(&cfg.log_level);
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("plexusd must run as root: it enters network namespaces and runs CNI plugins");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(cfg.max_concurrent_requests + 4)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(cfg))
+}
+
+async fn run(cfg: Arc<DaemonConfig>) -> Result<()> {
+    let metrics = Arc::new(plexus_daemon::metrics::Metrics::default());
+    let handle = tokio::runtime::Handle::current();
+    let client = kube_client(&cfg).await?;
+    let caches = client
+        .as_ref()
+        .map(|c| Caches::start(c, cfg.node_name.as_deref(), &handle));
+    let cluster: Option<Arc<dyn Cluster>> = match (&client, &caches) {
+        (Some(c), Some(caches)) => Some(Arc::new(DaemonCluster {
+            caches: caches.clone(),
+            client: c.clone(),
+            handle: handle.clone(),
+            timeout: Duration::from_millis(
+                cfg.raw
+                    .get("plexus")
+                    .and_then(|p| p["apiTimeoutMs"].as_u64())
+                    .unwrap_or(10_000),
+            ),
+            miss_wait: Duration::from_millis(500),
+            added_interface_events: cfg.added_interface_events,
+        })),
+        _ => None,
+    };
+    let exec: Option<Arc<dyn plexus_cni::exec::Exec>> = cfg
+        .chroot_dir
+        .clone()
+        .map(|root| Arc::new(ChrootExec { root }) as _);
+    let state = Arc::new(AppState {
+        cfg: cfg.clone(),
+        cluster,
+        exec,
+        ready: AtomicBool::new(false),
+        metrics: metrics.clone(),
+        limiter: Semaphore::new(cfg.max_concurrent_requests),
+    });
+    let listener = bind_socket(&cfg.socket_path())?;
+    tracing::info!(socket = %cfg.socket_path().display(), node = ?cfg.node_name, "serving");
+    if let Some(port) = cfg.metrics_port {
+        let addr: std::net::SocketAddr = format!("{}:{port}", cfg.metrics_bind)
+            .parse()
+            .context("metrics address")?;
+        let st = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_metrics(st, addr).await {
+                tracing::error!(error = %e, "metrics server");
+            }
+        });
+    }
+    if cfg.config_file != "none" {
+        tokio::spawn(autoconf::run(cfg.clone(), Duration::from_secs(1)));
+    }
+    // Ready once the caches have listed (bounded: serve anyway after 20 s, misses fall back to GETs).
+    let st = state.clone();
+    let c2 = caches.clone();
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while c2.as_ref().is_some_and(|c| !c.synced()) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        st.ready.store(true, Ordering::SeqCst);
+        loop {
+            if let Some(c) = &c2 {
+                st.metrics.cached_pods.set(c.pods.len() as i64);
+                st.metrics.cached_nads.set(c.nads.len() as i64);
+                st.metrics.caches_synced.set(i64::from(c.synced()));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let stop = Arc::new(Notify::new());
+    let s2 = stop.clone();
+    let st2 = state.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        tracing::info!("shutting down: not ready any more, finishing requests in flight");
+        st2.ready.store(false, Ordering::SeqCst);
+        s2.notify_one();
+    });
+    serve(state, listener, stop).await
+}

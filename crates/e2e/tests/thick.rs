@@ -1,0 +1,376 @@
+//! Thick mode: plexusd on a temporary socket in the node's host namespace, the
+//! plexus-shim CNI binary executed as a runtime executes it, the repo's test API
+//! server behind the daemon's caches, real namespaces and reference plugins.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use plexus_e2e::meta::*;
+use plexus_e2e::*;
+use plexus_testapi::Resource;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn kube_node() -> (Node, plexus_testapi::TestApiServer) {
+    let (n, api) = Node::kube(2);
+    api.put(
+        Resource::Nads,
+        nad_object(
+            "demo",
+            "br",
+            &bridge_host_local(&unique("tbr"), "198.51.100.0/24", &n.ipam_dir()),
+        ),
+    );
+    (n, api)
+}
+
+fn thick(n: &mut Node) -> Value {
+    let shim = n.shim_conf();
+    std::mem::replace(&mut n.conf, shim)
+}
+
+#[test]
+fn steady_state_add_reads_nothing_and_writes_the_status_once() {
+    let (mut n, api) = kube_node();
+    api.put(Resource::Pods, pod_object("demo", "web", "u1", Some("br")));
+    let d = Daemon::start(&n, json!({"plexus": {"addedInterfaceEvents": false}}));
+    thick(&mut n);
+    api.clear_requests();
+    let att = n.attachment(0, &unique("cid"), "demo", "web", &[]);
+    let r = n.add(&att).unwrap();
+    assert_eq!(r.version(), "1.0.0");
+    let reads: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|(m, p)| m == "GET" && !p.contains("watch=true"))
+        .collect();
+    assert!(reads.is_empty(), "no API read in steady state: {reads:?}");
+    assert_eq!(api.count("PATCH", "/pods/web/status"), 1);
+    assert_eq!(
+        api.requests()
+            .iter()
+            .filter(|(m, p)| m != "GET" || !p.contains("watch"))
+            .count(),
+        1,
+        "{:?}",
+        api.requests()
+    );
+    let st = api.get(Resource::Pods, "demo", "web").unwrap();
+    assert!(
+        st["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"]
+            .as_str()
+            .unwrap()
+            .contains("demo/br")
+    );
+    n.del(&att).unwrap();
+    assert_eq!(links(n.world.ctr(0)), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    d.stop();
+}
+
+#[test]
+fn new_pod_and_new_nad_are_found() {
+    let (mut n, api) = kube_node();
+    let d = Daemon::start(&n, json!({}));
+    thick(&mut n);
+    api.put(
+        Resource::Nads,
+        nad_object(
+            "demo",
+            "late",
+            &bridge_host_local(&unique("lbr"), "203.0.113.0/24", &n.ipam_dir()),
+        ),
+    );
+    api.put(
+        Resource::Pods,
+        pod_object("demo", "fresh", "u2", Some("late")),
+    );
+    let att = n.attachment(0, &unique("cid"), "demo", "fresh", &[]);
+    n.add(&att).unwrap();
+    assert!(addresses(n.world.ctr(0), "net1")[0].starts_with("203.0.113."));
+    n.del(&att).unwrap();
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    d.stop();
+}
+
+#[test]
+fn daemon_restart_between_add_and_del() {
+    let (mut n, api) = kube_node();
+    api.put(Resource::Pods, pod_object("demo", "p", "u1", Some("br")));
+    let d = Daemon::start(&n, json!({}));
+    let thin = thick(&mut n);
+    let att = n.attachment(0, &unique("cid"), "demo", "p", &[]);
+    n.add(&att).unwrap();
+    d.stop();
+    n.conf = thin;
+    let d = Daemon::start(&n, json!({}));
+    thick(&mut n);
+    n.del(&att).unwrap();
+    assert_eq!(links(n.world.ctr(0)), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    d.stop();
+}
+
+#[test]
+fn no_daemon_is_try_again_later_for_add_and_del() {
+    let (mut n, _api) = kube_node();
+    thick(&mut n);
+    let att = n.attachment(0, &unique("cid"), "demo", "p", &[]);
+    let start = Instant::now();
+    let e = n.add(&att).unwrap_err();
+    assert_eq!(e.code, 11, "{e}");
+    assert!(
+        e.msg.contains("plexus daemon") && e.msg.contains("not ready"),
+        "{e}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        n.del(&att).unwrap_err().code,
+        11,
+        "DEL is not swallowed: the runtime retries it"
+    );
+}
+
+#[test]
+fn del_errors_reach_the_runtime_and_the_state_is_kept() {
+    let (mut n, api) = kube_node();
+    n.conf["binDir"] = json!(plexus_bin().parent().unwrap());
+    api.put(Resource::Nads, nad_object("demo", "sticky", &json!({"cniVersion": "1.0.0", "type": "plexus-test-plugin", "failOn": "DEL", "errorCode": 133})));
+    api.put(
+        Resource::Pods,
+        pod_object("demo", "p", "u1", Some("sticky")),
+    );
+    let d = Daemon::start(&n, json!({}));
+    thick(&mut n);
+    let att = n.attachment(0, &unique("cid"), "demo", "p", &[]);
+    n.add(&att).unwrap();
+    let e = n.del(&att).unwrap_err();
+    assert_eq!(
+        e.code, 133,
+        "the delegate's DEL error and code reach the runtime: {e}"
+    );
+    assert!(e.msg.contains("demo/sticky"), "{e}");
+    let state = n
+        .world
+        .subdir("cni")
+        .join(format!("plexus/{}.json", att.container_id));
+    let kept: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(
+        kept["attachments"].as_array().unwrap().len(),
+        1,
+        "only the attachment whose DEL failed is kept for the retry"
+    );
+    assert_eq!(
+        links(n.world.ctr(0)),
+        ["lo"],
+        "the cluster network was deleted anyway"
+    );
+    d.stop();
+}
+
+#[test]
+fn thin_add_thick_del_and_the_reverse() {
+    let (mut n, api) = kube_node();
+    api.put(Resource::Pods, pod_object("demo", "p", "u1", Some("br")));
+    let d = Daemon::start(&n, json!({}));
+    let thin = n.conf.clone();
+    let shim = n.shim_conf();
+    let att = n.attachment(0, &unique("cid"), "demo", "p", &[]);
+    n.add(&att).unwrap();
+    n.conf = shim.clone();
+    n.del(&att).unwrap();
+    assert_eq!(links(n.world.ctr(0)), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    n.add(&att).unwrap();
+    n.conf = thin;
+    n.del(&att).unwrap();
+    assert_eq!(links(n.world.ctr(0)), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    d.stop();
+}
+
+#[test]
+fn autoconfig_is_written_regenerated_and_never_removed() {
+    let (n, _api) = kube_node();
+    let netd = n.world.subdir("netd");
+    std::fs::write(netd.join("10-cluster.conflist"), json!({"cniVersion": "1.0.0", "name": "cluster", "plugins": [{"type": "bridge"}, {"type": "portmap", "capabilities": {"portMappings": true}}]}).to_string()).unwrap();
+    let d = Daemon::start(
+        &n,
+        json!({"multusConfigFile": "auto", "multusAutoconfigDir": netd, "cniConfigDir": netd}),
+    );
+    let generated = netd.join("00-plexus.conflist");
+    let read = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(b) = std::fs::read(&generated) {
+                let v: Value = serde_json::from_slice(&b).unwrap();
+                if v["plugins"][0]["clusterNetwork"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with(want))
+                {
+                    return v;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never pointed at {want}",
+                generated.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let v = read("10-cluster.conflist");
+    assert_eq!(v["plugins"][0]["type"], "plexus-shim");
+    assert_eq!(
+        v["plugins"][0]["capabilities"],
+        json!({"portMappings": true})
+    );
+    std::fs::write(
+        netd.join("05-new.conflist"),
+        json!({"cniVersion": "1.0.0", "name": "new", "plugins": [{"type": "bridge"}]}).to_string(),
+    )
+    .unwrap();
+    read("05-new.conflist");
+    d.stop();
+    assert!(
+        generated.exists(),
+        "stopping the daemon never opens a window where the runtime uses the primary network alone"
+    );
+}
+
+#[test]
+fn bad_input_on_the_socket() {
+    let (n, _api) = kube_node();
+    let d = Daemon::start(
+        &n,
+        json!({"plexus": {"requestReadTimeoutMs": 500, "maxRequestBytes": 65536}}),
+    );
+    let post = |body: &str| {
+        d.raw(format!("POST /cni HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes()).unwrap()
+    };
+    let r = post("not json");
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains("\"code\":6"),
+        "{r}"
+    );
+    let r = post(r#"{"env":{},"config":"e30="}"#);
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains("\"code\":4") && r.contains("CNI_COMMAND"),
+        "{r}"
+    );
+    let r = post(r#"{"env":{"CNI_COMMAND":"ADD"},"config":"!!!"}"#);
+    assert!(r.starts_with("HTTP/1.1 400") && r.contains("base64"), "{r}");
+    let huge = format!(r#"{{"env":{{}},"config":"{}"}}"#, "A".repeat(200_000));
+    let r = post(&huge);
+    assert!(r.starts_with("HTTP/1.1 413"), "{}", &r[..r.len().min(200)]);
+    let r = d
+        .raw(b"GET /cni HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+    let r = d
+        .raw(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    // A client that connects and stalls is cut off, and others are still served.
+    use std::io::{Read, Write};
+    let mut stalled = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+    stalled
+        .write_all(b"POST /cni HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut body_staller = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+    body_staller
+        .write_all(b"POST /cni HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        .unwrap();
+    let r = d
+        .raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let _ = stalled.read_to_end(&mut buf);
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "the stalled connection was closed by the daemon"
+    );
+    body_staller
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = String::new();
+    let _ = body_staller.read_to_string(&mut buf);
+    assert!(buf.starts_with("HTTP/1.1 408"), "{buf}");
+    d.stop();
+    assert!(!d_socket_exists(&n), "the socket is removed at shutdown");
+}
+
+fn d_socket_exists(n: &Node) -> bool {
+    n.world.subdir("run").join("plexus.sock").exists()
+}
+
+#[test]
+fn fifty_concurrent_adds_and_dels_repeated() {
+    let mut n = Node::new(50, Mode::Local);
+    n.nad(
+        "demo",
+        "br",
+        bridge_host_local(&unique("ldb"), "198.51.100.0/24", &n.ipam_dir()),
+    );
+    let d = Daemon::start(&n, json!({"plexus": {"maxConcurrentRequests": 16}}));
+    thick(&mut n);
+    let mut rss = Vec::new();
+    for round in 0..2 {
+        let atts: Vec<_> = (0..50)
+            .map(|i| {
+                n.attachment(
+                    i,
+                    &format!("load{round}x{i}"),
+                    "demo",
+                    &format!("p{i}"),
+                    &[("PLEXUS_NETWORKS", "br")],
+                )
+            })
+            .collect();
+        std::thread::scope(|s| {
+            let hs: Vec<_> = atts.iter().map(|a| s.spawn(|| n.add(a))).collect();
+            for (i, h) in hs.into_iter().enumerate() {
+                h.join()
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("ADD {i} in round {round}: {e}"));
+            }
+        });
+        for i in 0..50 {
+            assert_eq!(
+                links(n.world.ctr(i)).len(),
+                3,
+                "pod {i}: {}",
+                std::fs::read_to_string(&d.log)
+                    .unwrap_or_default()
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        rss.push(d.rss_kib());
+        std::thread::scope(|s| {
+            let hs: Vec<_> = atts.iter().map(|a| s.spawn(|| n.del(a))).collect();
+            for (i, h) in hs.into_iter().enumerate() {
+                h.join()
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("DEL {i} in round {round}: {e}"));
+            }
+        });
+        for i in 0..50 {
+            assert_eq!(links(n.world.ctr(i)), ["lo"], "pod {i}");
+        }
+        assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    }
+    eprintln!("plexusd RSS after each round of 50 ADDs: {rss:?} KiB");
+    assert!(
+        rss[1] < rss[0] + 20 * 1024,
+        "memory does not grow with repeated churn: {rss:?}"
+    );
+    d.stop();
+}
