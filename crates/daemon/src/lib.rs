@@ -122,7 +122,20 @@ pub async fn serve_metrics(state: Arc<AppState>, addr: std::net::SocketAddr) -> 
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok" }));
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let st = state.clone();
+                async move {
+                    if st.ready.load(Ordering::SeqCst) {
+                        (axum::http::StatusCode::OK, "ready")
+                    } else {
+                        (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "not ready")
+                    }
+                }
+            }),
+        );
     let l = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("metrics on {addr}"))?;

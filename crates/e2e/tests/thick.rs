@@ -374,3 +374,108 @@ fn fifty_concurrent_adds_and_dels_repeated() {
     );
     d.stop();
 }
+
+fn scrape(n: &Node, port: u16) -> String {
+    n.world
+        .host
+        .run(|| {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        })
+        .unwrap()
+}
+
+fn free_port(n: &Node) -> u16 {
+    n.world
+        .host
+        .run(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .unwrap()
+}
+
+#[test]
+fn nad_watch_metrics_and_cache_state() {
+    let (mut n, api) = kube_node();
+    let port = free_port(&n);
+    let d = Daemon::start(
+        &n,
+        json!({"metricsPort": port, "plexus": {"metricsBindAddress": "127.0.0.1"}}),
+    );
+    thick(&mut n);
+    api.put(
+        Resource::Nads,
+        nad_object(
+            "demo",
+            "watched",
+            &bridge_host_local(&unique("wbr"), "203.0.113.0/24", &n.ipam_dir()),
+        ),
+    );
+    api.put(
+        Resource::Pods,
+        pod_object("demo", "p", "u1", Some("watched,br")),
+    );
+    // Wait until the watches delivered both objects (the cache gauges say so).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !scrape(&n, port).contains("plexus_cached_nads 2")
+        || !scrape(&n, port).contains("plexus_cached_pods 1")
+    {
+        assert!(Instant::now() < deadline, "{}", scrape(&n, port));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    api.clear_requests();
+    let att = n.attachment(0, &unique("cid"), "demo", "p", &[]);
+    n.add(&att).unwrap();
+    assert_eq!(
+        api.count("GET", "network-attachment-definitions/watched"),
+        0,
+        "the new NAD came from the watch"
+    );
+    let bad = n.attachment(
+        1,
+        &unique("cid"),
+        "demo",
+        "ghost-pod",
+        &[("K8S_POD_UID", "x")],
+    );
+    let _ = n.add(&bad); // a pod unknown everywhere: empty result
+    n.del(&att).unwrap();
+    let m = scrape(&n, port);
+    assert!(m.contains("plexus_caches_synced 1"), "{m}");
+    assert!(
+        m.contains(r#"plexus_requests_total{handler="/cni",command="ADD",result="ok"} 2"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"plexus_requests_total{handler="/cni",command="DEL",result="ok"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"plexus_attachments_total{network="demo/watched"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains("plexus_request_duration_seconds_bucket"), "{m}");
+    assert!(m.contains("plexus_requests_in_flight 0"), "{m}");
+    // A hostile container ID sent straight to the socket (the runtime side would refuse it).
+    let body = r#"{"env":{"CNI_COMMAND":"ADD","CNI_CONTAINERID":"bad/../id","CNI_NETNS":"/proc/self/ns/net","CNI_IFNAME":"eth0"},"config":"eyJjbmlWZXJzaW9uIjoiMS4wLjAifQ=="}"#;
+    let r = d.raw(format!("POST /cni HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes()).unwrap();
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains("\"code\":4"),
+        "{r}"
+    );
+    let m = scrape(&n, port);
+    assert!(
+        m.contains(r#"plexus_errors_total{command="ADD",code="4"} 1"#),
+        "{m}"
+    );
+    d.stop();
+}
