@@ -13,10 +13,13 @@ use std::path::{Path, PathBuf};
 /// The `plexus` binary built next to the test executables.
 pub fn plexus_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
+    // Next to a binary (target/<profile>/x) or one level up from a test (target/<profile>/deps/x).
+    let here = exe.parent().expect("executable directory");
+    let dir = if here.join("plexus").exists() {
+        here
+    } else {
+        here.parent().expect("target directory")
+    };
     let bin = dir.join("plexus");
     assert!(
         bin.exists(),

@@ -91,8 +91,13 @@ fn add_writes_status_and_events_del_works_without_the_api() {
     );
     assert_eq!(added[0]["involvedObject"]["uid"], uid);
     assert_eq!(added[0]["type"], "Normal");
-    // Reads: the pod once for the plan and once before the status write; one GET per NAD.
-    assert_eq!(api.count("GET", "/pods/web"), 2, "{:?}", api.requests());
+    // Reads: the pod once (its resourceVersion makes the status write conditional); one GET per NAD.
+    assert_eq!(
+        api.count("GET", "/pods/web"),
+        1,
+        "one read of the pod: {:?}",
+        api.requests()
+    );
     assert_eq!(api.count("GET", "network-attachment-definitions/"), 2);
     assert_eq!(api.count("PATCH", "/pods/web/status"), 1);
 

@@ -479,3 +479,33 @@ fn nad_watch_metrics_and_cache_state() {
     );
     d.stop();
 }
+
+#[test]
+fn benchmark_harness_smoke_run() {
+    // The harness (docs/benchmarks.md) in its quick form: it must run, measure every
+    // mode, find no leak, and print every table. No number is asserted.
+    let bench = plexus_bin().with_file_name("plexus-bench");
+    let out = std::process::Command::new(&bench)
+        .arg("--quick")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for table in [
+        "## Latency per pod",
+        "## Overhead over the delegates alone",
+        "## Churn",
+        "## plexusd memory",
+        "## API requests per pod",
+    ] {
+        assert!(stdout.contains(table), "{table} missing:\n{stdout}");
+    }
+    for mode in ["delegates alone", "plexus thin", "plexus thick"] {
+        assert!(stdout.contains(mode), "{mode} missing:\n{stdout}");
+    }
+}

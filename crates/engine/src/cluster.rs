@@ -65,6 +65,12 @@ pub trait Cluster: Send + Sync {
     fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()>;
     /// Records an event on the pod (best effort, never fails the operation).
     fn event(&self, pod: &PodInfo, kind: EventType, reason: &str, message: &str);
+    /// Records several events on the pod (implementations may send them together).
+    fn events(&self, pod: &PodInfo, events: &[(EventType, String, String)]) {
+        for (k, r, m) in events {
+            self.event(pod, *k, r, m);
+        }
+    }
     /// Called after a successful DEL.
     fn pod_torn_down(&self, _namespace: &str, _name: &str) {}
 }

@@ -309,6 +309,7 @@ impl Engine {
         cluster
             .set_network_status(pod, &statuses)
             .map_err(|e| e.context(format!("pod \"{}\": writing network-status", pod.key())))?;
+        let mut events = Vec::new();
         for a in added.iter().filter(|a| !a.planned.auxiliary) {
             let r = a.result.to_current();
             if r.interfaces.is_empty() && r.ips.is_empty() {
@@ -321,8 +322,9 @@ impl Engine {
                 ips.join(","),
                 a.planned.name
             );
-            cluster.event(pod, EventType::Normal, "AddedInterface", &msg);
+            events.push((EventType::Normal, "AddedInterface".to_string(), msg));
         }
+        cluster.events(pod, &events);
         Ok(())
     }
 

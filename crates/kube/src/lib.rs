@@ -33,6 +33,8 @@ pub struct KubeCluster {
     client: Client,
     timeout: Duration,
     retries: u32,
+    /// resourceVersions of the pods read, so the status write needs no second read.
+    seen: std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
 }
 
 fn api_error(what: &str, e: impl std::fmt::Display) -> CniError {
@@ -103,6 +105,7 @@ impl KubeCluster {
             client,
             timeout,
             retries,
+            seen: Default::default(),
         }))
     }
 
@@ -140,6 +143,14 @@ impl Cluster for KubeCluster {
         let pod = self
             .call(&what, || api.get_opt(name))
             .map_err(|e| api_error(&what, e))?;
+        if let Some(rv) = pod
+            .as_ref()
+            .and_then(|p| p.metadata.resource_version.clone())
+        {
+            if let Ok(mut seen) = self.seen.lock() {
+                seen.insert((namespace.to_string(), name.to_string()), rv);
+            }
+        }
         Ok(pod.map(|p| PodInfo {
             namespace: namespace.to_string(),
             name: name.to_string(),
@@ -170,16 +181,25 @@ impl Cluster for KubeCluster {
         let what = format!("pod \"{}\" status", pod.key());
         let value =
             serde_json::to_string_pretty(status).map_err(|e| CniError::internal(e.to_string()))?;
+        // The version read when planning makes the first write conditional without a
+        // second read; a concurrent update gives 409, and then we read and retry.
+        let mut rv = self
+            .seen
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&(pod.namespace.clone(), pod.name.clone())).cloned());
         for _ in 0..5 {
-            let Some(current) = self
-                .call(&what, || api.get_opt(&pod.name))
-                .map_err(|e| api_error(&what, e))?
-            else {
-                tracing::warn!(pod = %pod.key(), "pod is gone; network-status not written");
-                return Ok(());
-            };
-            // The resourceVersion makes the write conditional: a concurrent update gives 409 and we retry.
-            let patch = json!({"metadata": {"resourceVersion": current.metadata.resource_version,
+            if rv.is_none() {
+                let Some(current) = self
+                    .call(&what, || api.get_opt(&pod.name))
+                    .map_err(|e| api_error(&what, e))?
+                else {
+                    tracing::warn!(pod = %pod.key(), "pod is gone; network-status not written");
+                    return Ok(());
+                };
+                rv = current.metadata.resource_version;
+            }
+            let patch = json!({"metadata": {"resourceVersion": rv.take(),
                                             "annotations": {plexus_npwg::STATUS_ANNOTATION: value}}});
             let pp = PatchParams::default();
             let merge = Patch::Merge(&patch);
@@ -194,6 +214,29 @@ impl Cluster for KubeCluster {
             code::TRY_AGAIN_LATER,
             format!("{what}: conflicting updates, gave up after 5 attempts"),
         ))
+    }
+
+    fn events(&self, pod: &PodInfo, events: &[(EventType, String, String)]) {
+        // All of a pod's events at once: one round trip instead of one per attachment.
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let pp = PostParams::default();
+        let objs: Vec<Event> = events
+            .iter()
+            .map(|(k, r, m)| event_object(pod, *k, r, m))
+            .collect();
+        let results = self.rt.block_on(async {
+            let posts = objs
+                .iter()
+                .map(|ev| tokio::time::timeout(self.timeout, api.create(&pp, ev)));
+            futures_util::future::join_all(posts).await
+        });
+        for r in results {
+            match r {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, pod = %pod.key(), "cannot record event"),
+                Err(_) => tracing::warn!(pod = %pod.key(), "event not recorded in time"),
+            }
+        }
     }
 
     fn event(&self, pod: &PodInfo, kind: EventType, reason: &str, message: &str) {

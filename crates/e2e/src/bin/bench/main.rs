@@ -1,0 +1,683 @@
+//! `plexus-bench`: what Plexus adds to a pod's network setup, measured as root in real
+//! namespaces with the real reference plugins, against the delegates alone and, when
+//! given, against another meta-plugin in the same run. See docs/benchmarks.md.
+
+mod stats;
+mod svg;
+
+use clap::Parser;
+use plexus_cni::config::NetworkConfigList;
+use plexus_cni::runtime::{Attachment, Runtime};
+use plexus_e2e::meta::{nad_object, pod_object, Daemon, Node};
+use plexus_e2e::{links, unique, REFERENCE_PLUGINS};
+use plexus_testapi::{Resource, TestApiServer};
+use serde_json::{json, Value};
+use stats::{ms, summarize, Summary};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    about = "Plexus benchmarks: per-pod latency against the delegates alone, churn, daemon memory, API requests"
+)]
+struct Args {
+    /// Pods per latency measurement.
+    #[arg(long, default_value_t = 30)]
+    pods: usize,
+    /// Secondary networks per pod to measure.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,3,8")]
+    networks: Vec<usize>,
+    /// Pods in flight for the churn runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    concurrency: Vec<usize>,
+    /// Pods per churn run.
+    #[arg(long, default_value_t = 64)]
+    churn_pods: usize,
+    /// NADs in the API server (besides the benchmark's own).
+    #[arg(long, default_value_t = 1000)]
+    nads: usize,
+    /// Pods on this node in the API server.
+    #[arg(long, default_value_t = 200)]
+    node_pods: usize,
+    /// Pods on other nodes in the API server.
+    #[arg(long, default_value_t = 10_000)]
+    other_pods: usize,
+    /// A small run (smoke test).
+    #[arg(long)]
+    quick: bool,
+    /// Another meta-plugin's binary, measured on the same workload.
+    #[arg(long)]
+    other_bin: Option<PathBuf>,
+    /// Its plugin configuration (JSON); `@KUBECONFIG@`, `@WORKDIR@` and `@CLUSTER@` (the
+    /// cluster network's conflist path) are replaced.
+    #[arg(long)]
+    other_conf: Option<PathBuf>,
+    /// Write the latency plot here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Kind {
+    Bridge,
+    Macvlan,
+    Mixed,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Bridge => "bridge+host-local",
+            Kind::Macvlan => "macvlan+host-local",
+            Kind::Mixed => "mixed",
+        }
+    }
+    fn networks(self, k: usize) -> Vec<String> {
+        (1..=k)
+            .map(|i| match self {
+                Kind::Bridge => format!("b{i}"),
+                Kind::Macvlan => format!("m{i}"),
+                Kind::Mixed => {
+                    if i % 2 == 1 {
+                        format!("b{i}")
+                    } else {
+                        format!("m{i}")
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+struct Bench {
+    node: Node,
+    api: TestApiServer,
+    nad_configs: BTreeMap<String, Value>,
+    thin_conf: Value,
+    shim_conf: Value,
+    counter: AtomicUsize,
+}
+
+fn setup(args: &Args) -> Bench {
+    let (node, api) = Node::kube(args.churn_pods.max(1) + 1);
+    let ipam = node.ipam_dir();
+    let mut nad_configs = BTreeMap::new();
+    for k in 1..=8u32 {
+        nad_configs.insert(format!("b{k}"), json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": unique("bb"),
+            "ipam": {"type": "host-local", "dataDir": ipam, "ranges": [[{"subnet": format!("198.51.100.{}/27", 32 * (k - 1))}]]}}));
+        nad_configs.insert(format!("m{k}"), json!({"cniVersion": "1.0.0", "type": "macvlan", "master": node.master, "mode": "bridge",
+            "ipam": {"type": "host-local", "dataDir": ipam, "ranges": [[{"subnet": format!("203.0.113.{}/28", 16 * (k - 1))}]]}}));
+    }
+    nad_configs.insert("churn".into(), json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": unique("cb"),
+        "ipam": {"type": "host-local", "dataDir": ipam, "ranges": [[{"subnet": "203.0.113.128/25"}]]}}));
+    for (name, cfg) in &nad_configs {
+        api.put(Resource::Nads, nad_object("bench", name, cfg));
+    }
+    for i in 0..args.nads {
+        let cfg = json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": format!("f{i}")});
+        api.put(
+            Resource::Nads,
+            nad_object(&format!("filler-{}", i % 50), &format!("nad-{i}"), &cfg),
+        );
+    }
+    for i in 0..args.node_pods {
+        api.put(
+            Resource::Pods,
+            pod_object(
+                "filler",
+                &format!("here-{i}"),
+                &format!("uid-h{i}"),
+                Some("b1"),
+            ),
+        );
+    }
+    for i in 0..args.other_pods {
+        let mut p = pod_object(
+            "elsewhere",
+            &format!("there-{i}"),
+            &format!("uid-t{i}"),
+            Some("b1"),
+        );
+        p["spec"]["nodeName"] = json!(format!("node-{}", 1 + i % 100));
+        api.put(Resource::Pods, p);
+    }
+    let thin_conf = node.conf.clone();
+    let shim_conf = node.shim_conf();
+    Bench {
+        node,
+        api,
+        nad_configs,
+        thin_conf,
+        shim_conf,
+        counter: AtomicUsize::new(0),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Baseline,
+    Thin,
+    Thick,
+    Other,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Baseline => "delegates alone",
+            Mode::Thin => "plexus thin",
+            Mode::Thick => "plexus thick",
+            Mode::Other => "other meta-plugin",
+        }
+    }
+}
+
+struct Runner {
+    rt: Runtime,
+    list: Option<NetworkConfigList>,
+}
+
+impl Bench {
+    fn runner(&self, mode: Mode, other: &Option<(PathBuf, Value)>) -> Runner {
+        let mut paths = self.node.rt.paths.clone();
+        let conf = match mode {
+            Mode::Baseline => {
+                return Runner {
+                    rt: Runtime::new(vec![REFERENCE_PLUGINS.into()], None),
+                    list: None,
+                }
+            }
+            Mode::Thin => self.thin_conf.clone(),
+            Mode::Thick => self.shim_conf.clone(),
+            Mode::Other => {
+                let (bin, conf) = other.clone().expect("other meta-plugin");
+                paths.insert(0, bin.parent().map(PathBuf::from).unwrap_or_default());
+                conf
+            }
+        };
+        let list = NetworkConfigList::from_value(
+            json!({"cniVersion": "1.0.0", "name": "bench-net", "plugins": [conf]}),
+        )
+        .expect("conflist");
+        Runner {
+            rt: Runtime::new(paths, None),
+            list: Some(list),
+        }
+    }
+
+    fn cluster_list(&self) -> NetworkConfigList {
+        NetworkConfigList::from_bytes_any(self.thin_conf["delegates"][0].to_string().as_bytes())
+            .expect("cluster list")
+    }
+
+    fn nad_list(&self, name: &str) -> NetworkConfigList {
+        let mut v = self.nad_configs[name].clone();
+        v["name"] = json!(name);
+        NetworkConfigList::from_bytes_any(v.to_string().as_bytes()).expect("NAD list")
+    }
+
+    fn pod(&self, ctr: usize, networks: &[String]) -> Attachment {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let name = format!("bench-{n}");
+        let sel = networks.join(",");
+        self.api.put(
+            Resource::Pods,
+            pod_object(
+                "bench",
+                &name,
+                &format!("uid-{n}"),
+                (!sel.is_empty()).then_some(sel.as_str()),
+            ),
+        );
+        self.node
+            .attachment(ctr, &format!("bench{n}x"), "bench", &name, &[])
+    }
+
+    /// One pod's ADD; returns its latency.
+    fn add(&self, r: &Runner, att: &Attachment, networks: &[String]) -> Duration {
+        let t = Instant::now();
+        let res = self.node.world.host.run(|| match &r.list {
+            Some(l) => r.rt.add_list(l, att).map(|_| ()),
+            None => {
+                r.rt.add_list(&self.cluster_list(), att)?;
+                for (i, n) in networks.iter().enumerate() {
+                    let a = Attachment {
+                        ifname: format!("net{}", i + 1),
+                        ..att.clone()
+                    };
+                    r.rt.add_list(&self.nad_list(n), &a)?;
+                }
+                Ok(())
+            }
+        });
+        res.expect("host namespace")
+            .unwrap_or_else(|e| panic!("ADD: {e}"));
+        t.elapsed()
+    }
+
+    fn del(&self, r: &Runner, att: &Attachment, networks: &[String]) -> Duration {
+        let t = Instant::now();
+        let res = self.node.world.host.run(|| match &r.list {
+            Some(l) => r.rt.del_list_with(l, att, None),
+            None => {
+                for (i, n) in networks.iter().enumerate().rev() {
+                    let a = Attachment {
+                        ifname: format!("net{}", i + 1),
+                        ..att.clone()
+                    };
+                    r.rt.del_list_with(&self.nad_list(n), &a, None)?;
+                }
+                r.rt.del_list_with(&self.cluster_list(), att, None)
+            }
+        });
+        res.expect("host namespace")
+            .unwrap_or_else(|e| panic!("DEL: {e}"));
+        t.elapsed()
+    }
+
+    fn leak_check(&self, ctrs: std::ops::Range<usize>) {
+        for i in ctrs {
+            assert_eq!(
+                links(self.node.world.ctr(i)),
+                ["lo"],
+                "interfaces left in pod {i}"
+            );
+        }
+        let left = self.node.leftovers();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}
+
+fn latency(
+    b: &Bench,
+    args: &Args,
+    modes: &[Mode],
+    other: &Option<(PathBuf, Value)>,
+) -> BTreeMap<(usize, Kind, &'static str), (Summary, Summary)> {
+    let mut out = BTreeMap::new();
+    let mut cases: Vec<(usize, Kind)> = Vec::new();
+    for &k in &args.networks {
+        if k == 0 {
+            cases.push((0, Kind::Bridge));
+        } else {
+            cases.extend([(k, Kind::Bridge), (k, Kind::Macvlan)]);
+            if k >= 2 {
+                cases.push((k, Kind::Mixed));
+            }
+        }
+    }
+    for &mode in modes {
+        let r = b.runner(mode, other);
+        for &(k, kind) in &cases {
+            let nets = kind.networks(k);
+            let (mut adds, mut dels) = (Vec::new(), Vec::new());
+            // One warm-up pod, not counted (page cache, first exec of each plugin).
+            let att = b.pod(0, &nets);
+            b.add(&r, &att, &nets);
+            b.del(&r, &att, &nets);
+            for _ in 0..args.pods {
+                let att = b.pod(0, &nets);
+                adds.push(ms(b.add(&r, &att, &nets)));
+                dels.push(ms(b.del(&r, &att, &nets)));
+            }
+            b.leak_check(0..1);
+            eprintln!(
+                "latency {} {k} {}: ADD median {:.1} ms",
+                mode.name(),
+                kind.name(),
+                summarize(&adds).median
+            );
+            out.insert((k, kind, mode.name()), (summarize(&adds), summarize(&dels)));
+        }
+    }
+    out
+}
+
+struct ChurnResult {
+    mode: &'static str,
+    inflight: usize,
+    add: Summary,
+    del: Summary,
+    add_rate: f64,
+    del_rate: f64,
+}
+
+fn churn(
+    b: &Bench,
+    args: &Args,
+    mode: Mode,
+    inflight: usize,
+    rss_peak: Option<(&AtomicBool, u32, &AtomicU64)>,
+) -> ChurnResult {
+    let r = b.runner(mode, &None);
+    let nets = vec!["churn".to_string()];
+    let atts: Vec<Attachment> = (0..args.churn_pods).map(|j| b.pod(j + 1, &nets)).collect();
+    let run = |f: &(dyn Fn(&Attachment) -> Duration + Sync)| -> (Vec<f64>, Duration) {
+        let next = AtomicUsize::new(0);
+        let lat = std::sync::Mutex::new(Vec::new());
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..inflight.min(atts.len()) {
+                s.spawn(|| loop {
+                    let j = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(a) = atts.get(j) else { break };
+                    let d = f(a);
+                    lat.lock().expect("latency list").push(ms(d));
+                });
+            }
+            if let Some((stop, pid, peak)) = rss_peak {
+                s.spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                });
+            }
+            // Wait for the workers, then stop the sampler.
+            while next.load(Ordering::Relaxed) < atts.len() + inflight.min(atts.len()) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if let Some((stop, _, _)) = rss_peak {
+                stop.store(true, Ordering::Relaxed);
+            }
+        });
+        if let Some((stop, _, _)) = rss_peak {
+            stop.store(false, Ordering::Relaxed);
+        }
+        (lat.into_inner().expect("latency list"), t.elapsed())
+    };
+    let (adds, add_wall) = run(&|a| b.add(&r, a, &nets));
+    let (dels, del_wall) = run(&|a| b.del(&r, a, &nets));
+    b.leak_check(1..args.churn_pods + 1);
+    let n = atts.len() as f64;
+    eprintln!(
+        "churn {} x{inflight}: {:.1} ADD/s",
+        mode.name(),
+        n / add_wall.as_secs_f64()
+    );
+    ChurnResult {
+        mode: mode.name(),
+        inflight,
+        add: summarize(&adds),
+        del: summarize(&dels),
+        add_rate: n / add_wall.as_secs_f64(),
+        del_rate: n / del_wall.as_secs_f64(),
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// (reads, writes other than events, event writes) of an ADD and of a DEL.
+type ApiCounts = [(usize, usize, usize); 2];
+
+fn api_requests(b: &Bench, mode: Mode) -> ApiCounts {
+    let r = b.runner(mode, &None);
+    let nets = vec!["b1".to_string()];
+    let att = b.pod(0, &nets);
+    std::thread::sleep(Duration::from_millis(300)); // the daemon's watch has the pod
+    let count = |b: &Bench| {
+        let reqs = b.api.requests();
+        let reads = reqs
+            .iter()
+            .filter(|(m, p)| m == "GET" && !p.contains("watch=true"))
+            .count();
+        let writes = reqs.iter().filter(|(m, _)| m != "GET").count();
+        let events = reqs
+            .iter()
+            .filter(|(m, p)| m == "POST" && p.ends_with("/events"))
+            .count();
+        (reads, writes - events, events)
+    };
+    b.api.clear_requests();
+    b.add(&r, &att, &nets);
+    std::thread::sleep(Duration::from_millis(300)); // background event writes land
+    let a = count(b);
+    b.api.clear_requests();
+    b.del(&r, &att, &nets);
+    let d = count(b);
+    [a, d]
+}
+
+fn main() {
+    let mut args = Args::parse();
+    if args.quick {
+        args.pods = 3;
+        args.networks = vec![0, 1];
+        args.concurrency = vec![1, 4];
+        args.churn_pods = 8;
+        args.nads = 20;
+        args.node_pods = 10;
+        args.other_pods = 100;
+    }
+    let b = setup(&args);
+    let kubeconfig = b.thin_conf["kubeconfig"].clone();
+    let other = match (&args.other_bin, &args.other_conf) {
+        (Some(bin), Some(conf)) => {
+            let text = std::fs::read_to_string(conf)
+                .expect("other-conf")
+                .replace("@KUBECONFIG@", kubeconfig.as_str().unwrap_or_default())
+                .replace(
+                    "@WORKDIR@",
+                    &b.node.world.subdir("other").display().to_string(),
+                )
+                .replace("@CLUSTER@", &{
+                    let p = b.node.world.subdir("other").join("cluster.conflist");
+                    std::fs::write(&p, b.thin_conf["delegates"][0].to_string())
+                        .expect("cluster conflist");
+                    p.display().to_string()
+                });
+            Some((
+                bin.clone(),
+                serde_json::from_str::<Value>(&text).expect("other-conf JSON"),
+            ))
+        }
+        _ => None,
+    };
+    let daemon = Daemon::start(&b.node, json!({}));
+    std::thread::sleep(Duration::from_secs(2));
+    let (idle_rss, idle_cpu0) = (daemon.rss_kib(), cpu_seconds(daemon.pid()));
+    std::thread::sleep(Duration::from_secs(3));
+    let idle_cpu = cpu_seconds(daemon.pid()) - idle_cpu0;
+
+    let mut modes = vec![Mode::Baseline, Mode::Thin, Mode::Thick];
+    if other.is_some() {
+        modes.push(Mode::Other);
+    }
+    let lat = latency(&b, &args, &modes, &other);
+    let mut churns = Vec::new();
+    let stop = AtomicBool::new(false);
+    let peak = AtomicU64::new(0);
+    let cpu0 = cpu_seconds(daemon.pid());
+    for &c in &args.concurrency {
+        churns.push(churn(&b, &args, Mode::Thin, c, None));
+        churns.push(churn(
+            &b,
+            &args,
+            Mode::Thick,
+            c,
+            Some((&stop, daemon.pid(), &peak)),
+        ));
+    }
+    let churn_cpu = cpu_seconds(daemon.pid()) - cpu0;
+    let after_rss = daemon.rss_kib();
+    let api = [
+        (Mode::Thin, api_requests(&b, Mode::Thin)),
+        (Mode::Thick, api_requests(&b, Mode::Thick)),
+    ];
+    daemon.stop();
+    report(
+        &args,
+        &lat,
+        &churns,
+        &api,
+        (
+            idle_rss,
+            idle_cpu,
+            peak.load(Ordering::Relaxed),
+            after_rss,
+            churn_cpu,
+        ),
+        other.is_some(),
+    );
+}
+
+fn report(
+    args: &Args,
+    lat: &BTreeMap<(usize, Kind, &'static str), (Summary, Summary)>,
+    churns: &[ChurnResult],
+    api: &[(Mode, ApiCounts)],
+    mem: (u64, f64, u64, u64, f64),
+    with_other: bool,
+) {
+    println!(
+        "## Latency per pod (ms; {} pods each, sequential)\n",
+        args.pods
+    );
+    println!(
+        "| networks | kind | mode | ADD median | p90 | p99 | max | DEL median | p90 | p99 | max |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for ((k, kind, mode), (a, d)) in lat {
+        println!(
+            "| {k} | {} | {mode} | {} | {} |",
+            kind.name(),
+            a.cells(),
+            d.cells()
+        );
+    }
+    println!("\n## Overhead over the delegates alone (median ms)\n");
+    println!(
+        "| networks | kind | thin ADD | thin DEL | thick ADD | thick DEL |{}",
+        if with_other {
+            " other ADD | plexus thin / other (ADD) |"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "|---|---|---|---|---|---|{}",
+        if with_other { "---|---|" } else { "" }
+    );
+    let keys: Vec<(usize, Kind)> = lat
+        .keys()
+        .map(|(k, kind, _)| (*k, *kind))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for (k, kind) in keys {
+        let get = |m: Mode| lat.get(&(k, kind, m.name())).copied().unwrap_or_default();
+        let (base, thin, thick) = (get(Mode::Baseline), get(Mode::Thin), get(Mode::Thick));
+        print!(
+            "| {k} | {} | {:+.1} | {:+.1} | {:+.1} | {:+.1} |",
+            kind.name(),
+            thin.0.median - base.0.median,
+            thin.1.median - base.1.median,
+            thick.0.median - base.0.median,
+            thick.1.median - base.1.median
+        );
+        if with_other {
+            let o = get(Mode::Other);
+            print!(
+                " {:+.1} | {:.2} |",
+                o.0.median - base.0.median,
+                thin.0.median / o.0.median.max(0.001)
+            );
+        }
+        println!();
+    }
+    println!(
+        "\n## Churn ({} pods per run, one secondary network; zero leaks checked after every run)\n",
+        args.churn_pods
+    );
+    println!("| mode | in flight | ADD pods/s | ADD median | p90 | p99 | max | p99/median | DEL pods/s | DEL median | p99 |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for c in churns {
+        println!(
+            "| {} | {} | {:.1} | {} | {:.2} | {:.1} | {:.1} | {:.1} |",
+            c.mode,
+            c.inflight,
+            c.add_rate,
+            c.add.cells(),
+            c.add.p99 / c.add.median.max(0.001),
+            c.del_rate,
+            c.del.median,
+            c.del.p99
+        );
+    }
+    let (idle, idle_cpu, peak, after, churn_cpu) = mem;
+    println!(
+        "\n## plexusd memory and CPU ({} NADs, {} pods on this node, {} pods elsewhere)\n",
+        args.nads + 17,
+        args.node_pods,
+        args.other_pods
+    );
+    println!(
+        "| idle RSS | idle CPU (3 s) | peak RSS under churn | RSS after churn | CPU during churn |"
+    );
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {:.1} MiB | {idle_cpu:.2} s | {:.1} MiB | {:.1} MiB | {churn_cpu:.2} s |",
+        idle as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
+    println!("\n## API requests per pod (one secondary network)\n");
+    println!(
+        "| mode | ADD reads | ADD writes (status) | ADD event writes | DEL reads | DEL writes |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (m, [a, d]) in api {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            m.name(),
+            a.0,
+            a.1,
+            a.2,
+            d.0,
+            d.1 + d.2
+        );
+    }
+    if let Some(path) = &args.svg {
+        let colors = ["#555555", "#1f77b4", "#d62728", "#2ca02c"];
+        let modes = [Mode::Baseline, Mode::Thin, Mode::Thick, Mode::Other];
+        let series: Vec<svg::Series> = modes
+            .iter()
+            .zip(colors)
+            .map(|(m, color)| svg::Series {
+                name: m.name().into(),
+                color,
+                points: lat
+                    .iter()
+                    .filter(|((_, kind, mode), _)| *kind == Kind::Bridge && *mode == m.name())
+                    .map(|((k, _, _), (a, _))| (*k as f64, a.median))
+                    .collect(),
+            })
+            .filter(|s| !s.points.is_empty())
+            .collect();
+        std::fs::write(
+            path,
+            svg::chart("Pod ADD latency, bridge + host-local networks", &series),
+        )
+        .expect("writing the plot");
+    }
+}
