@@ -111,7 +111,8 @@ impl ResultCache {
     pub fn save(&self, entry: &CacheEntry) -> Result<()> {
         let path = self.path(&entry.network_name, &entry.container_id, &entry.if_name)?;
         let bytes = serde_json::to_vec(entry).map_err(|e| CniError::internal(e.to_string()))?;
-        fsutil::write_atomic(&path, &bytes, 0o600, 0o700)
+        // As libcni: replaced atomically, not fsynced (Plexus's state file is durable).
+        fsutil::write_replace(&path, &bytes, 0o600, 0o700, false)
             .map_err(|e| CniError::io(format!("cannot write result cache {}: {e}", path.display())))
     }
 

@@ -8,13 +8,28 @@ use std::path::Path;
 /// fsync, rename, fsync of the directory. Readers see the old or the new content,
 /// never a part. Parent directories are created with `dir_mode`.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, dir_mode: u32) -> std::io::Result<()> {
+    write_replace(path, bytes, mode, dir_mode, true)
+}
+
+/// Like [`write_atomic`]; with `durable` false there is no fsync: readers still see the
+/// old or the new content, but a crash may lose the write (for caches that are not
+/// the source of truth, as libcni writes its result cache).
+pub fn write_replace(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    dir_mode: u32,
+    durable: bool,
+) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     create_dir_all_mode(dir, dir_mode)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp.{}.{seq}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -24,9 +39,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, dir_mode: u32) -> std:
             .open(&tmp)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        if durable {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -201,10 +201,6 @@ impl Engine {
         let rt = self.runtime(&req.cni_path);
         let mut added: Vec<Added> = Vec::with_capacity(planned.len());
         for (i, p) in planned.into_iter().enumerate() {
-            st.attachments[i].attempted = true;
-            if let Err(e) = self.state.save(&st) {
-                return Err(self.rollback(&rt, &mut st, e));
-            }
             match self.add_one(&rt, req, &netns_path, &p) {
                 Ok(a) => {
                     st.attachments[i].result = Some(a.result.to_current_value());
@@ -648,7 +644,10 @@ fn to_state(p: &Planned) -> AttachmentState {
         capability_args: p.capability_args.clone(),
         cni_args: p.cni_args.0.clone(),
         is_default: p.is_default,
-        attempted: false,
+        // Every planned attachment counts as attempted from the first write on: a DEL
+        // of one that was never added must succeed anyway (CNI §2), and one write
+        // before the first delegate is cheaper than one before each.
+        attempted: true,
         result: None,
         device_info_file: p.device_info_file.clone(),
         auxiliary: p.auxiliary,

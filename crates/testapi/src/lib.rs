@@ -23,6 +23,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+/// A CA certificate (self-signed, never used to sign anything) for the kubeconfig: real
+/// kubeconfigs carry the cluster's CA, and a client given none falls back to loading
+/// the system's trust store at every start, which a CNI plugin run per pod should not
+/// be measured doing. The server speaks plain HTTP, so the CA is never exercised.
+const KUBECONFIG_CA: &str = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJrRENDQVRXZ0F3SUJBZ0lVVERsRjhhem8rUTNrRmdpQnREZSs0NHBBeWFNd0NnWUlLb1pJemowRUF3SXcKSERFYU1CZ0dBMVVFQXd3UmNHeGxlSFZ6TFhSbGMzUmhjR2t0WTJFd0lCY05Nall4TVRJME1ESTFNakkyV2hnUApNakV5TmpFd016RXdNalV5TWpaYU1Cd3hHakFZQmdOVkJBTU1FWEJzWlhoMWN5MTBaWE4wWVhCcExXTmhNRmt3CkV3WUhLb1pJemowQ0FRWUlLb1pJemowREFRY0RRZ0FFeGNtMncrNDRjZk9ubUNydVBTbVg0bFRocWVZdTNhTFgKeG9lRE9mSUxRZHQzVnl2ZElwL2VGSDdjSGhSSGtCSEczem91UmNITUhNb3NTUzdKSW5kT1VhTlRNRkV3SFFZRApWUjBPQkJZRUZCM2UzMVB4RTBrSW10N1MrODlHdmtwVS96M2JNQjhHQTFVZEl3UVlNQmFBRkIzZTMxUHhFMGtJCm10N1MrODlHdmtwVS96M2JNQThHQTFVZEV3RUIvd1FGTUFNQkFmOHdDZ1lJS29aSXpqMEVBd0lEU1FBd1JnSWgKQU5ZQkZPU3RJcVJBTTNZOHh3L3g4dXFJYklkTEY5YVl5UHdySVJrMmdxZlRBaUVBaER6ZHlnTU83YnB4VDMyOAo3VXdrTmgweU83eHJQbzhEM3lzSHlaL1lqV1U9Ci0tLS0tRU5EIENFUlRJRklDQVRFLS0tLS0K";
+
 /// A running server.
 pub struct TestApiServer {
     addr: SocketAddr,
@@ -81,7 +87,7 @@ impl TestApiServer {
     /// Writes a kubeconfig pointing at the server.
     pub fn write_kubeconfig(&self, path: &Path) {
         let kc = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority-data: {KUBECONFIG_CA}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n",
             self.url()
         );
         std::fs::write(path, kc).expect("writing kubeconfig");

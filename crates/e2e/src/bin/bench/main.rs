@@ -317,8 +317,10 @@ fn latency(
             let att = b.pod(0, &nets);
             b.add(&r, &att, &nets);
             b.del(&r, &att, &nets);
-            for _ in 0..args.pods {
-                let att = b.pod(0, &nets);
+            // Pods exist before their sandbox is set up, as with a real scheduler and kubelet.
+            let atts: Vec<Attachment> = (0..args.pods).map(|_| b.pod(0, &nets)).collect();
+            std::thread::sleep(Duration::from_millis(300));
+            for att in atts {
                 adds.push(ms(b.add(&r, &att, &nets)));
                 dels.push(ms(b.del(&r, &att, &nets)));
             }
@@ -354,6 +356,7 @@ fn churn(
     let r = b.runner(mode, &None);
     let nets = vec!["churn".to_string()];
     let atts: Vec<Attachment> = (0..args.churn_pods).map(|j| b.pod(j + 1, &nets)).collect();
+    std::thread::sleep(Duration::from_millis(300));
     let run = |f: &(dyn Fn(&Attachment) -> Duration + Sync)| -> (Vec<f64>, Duration) {
         let next = AtomicUsize::new(0);
         let lat = std::sync::Mutex::new(Vec::new());
