@@ -132,6 +132,13 @@ fn decode_config(st: &AppState, b64: &str) -> Result<Vec<u8>, Response> {
 }
 
 async fn cni(State(st): State<Arc<AppState>>, method: Method, body: Body) -> Response {
+    if !st.ready.load(Ordering::SeqCst) {
+        // Nothing handled: the shim waits and sends the request again.
+        return cni_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &CniError::new(code::TRY_AGAIN_LATER, "plexus daemon not ready"),
+        );
+    }
     let req = match read_body(&st, &method, body).await {
         Ok(r) => r,
         Err(resp) => return resp,

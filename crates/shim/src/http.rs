@@ -5,6 +5,14 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+/// Why a request failed.
+pub enum Error {
+    /// No connection: nothing was sent, the request may be sent again.
+    Connect(String),
+    /// The connection broke during the exchange: the request may have been handled.
+    Exchange(String),
+}
+
 /// A response.
 pub struct Response {
     /// Status code.
@@ -20,8 +28,19 @@ pub fn request(
     path: &str,
     body: &[u8],
     timeout: Duration,
+) -> Result<Response, Error> {
+    let mut s =
+        UnixStream::connect(socket).map_err(|e| Error::Connect(format!("connecting: {e}")))?;
+    exchange(&mut s, method, path, body, timeout).map_err(Error::Exchange)
+}
+
+fn exchange(
+    s: &mut UnixStream,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
 ) -> Result<Response, String> {
-    let mut s = UnixStream::connect(socket).map_err(|e| format!("connecting: {e}"))?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(timeout))

@@ -40,30 +40,38 @@ fn conf(stdin: &[u8]) -> Result<ShimConf> {
     })
 }
 
-/// Waits for `/readyz` (bounded).
-fn wait_ready(c: &ShimConf) -> Result<()> {
+/// Sends the request; while the daemon is absent (no socket, connection refused) or
+/// not ready (503 before it handled anything), waits and tries again, bounded. A request
+/// the daemon has started on is never sent twice.
+fn send(c: &ShimConf, body: &[u8]) -> Result<http::Response> {
     let deadline = Instant::now() + c.wait;
     loop {
-        match http::request(&c.socket, "GET", "/readyz", b"", Duration::from_secs(2)) {
-            Ok(r) if r.status == 200 => return Ok(()),
-            Ok(_) | Err(_) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(100))
-            }
-            other => {
-                let why = match other {
-                    Ok(r) => format!("it answers {} on /readyz", r.status),
-                    Err(e) => e,
-                };
+        let why = match http::request(&c.socket, "POST", "/cni", body, c.timeout) {
+            Ok(r) if r.status == 503 => format!(
+                "it answers {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body).trim()
+            ),
+            Ok(r) => return Ok(r),
+            Err(http::Error::Connect(e)) => e,
+            Err(http::Error::Exchange(e)) => {
                 return Err(CniError::new(
                     code::TRY_AGAIN_LATER,
-                    format!(
-                        "plexus daemon at {} is not ready after {:?}: {why}",
-                        c.socket.display(),
-                        c.wait
-                    ),
-                ));
+                    format!("plexus daemon at {}: {e}", c.socket.display()),
+                ))
             }
+        };
+        if Instant::now() >= deadline {
+            return Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                format!(
+                    "plexus daemon at {} is not ready after {:?}: {why}",
+                    c.socket.display(),
+                    c.wait
+                ),
+            ));
         }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -79,7 +87,6 @@ fn run(env: &HashMap<String, String>, stdin: &[u8]) -> Result<Vec<u8>> {
         return Ok(json!({"cniVersion": asked.unwrap_or_else(|| version::CURRENT.into()), "supportedVersions": version::SUPPORTED}).to_string().into_bytes());
     }
     let c = conf(stdin)?;
-    wait_ready(&c)?;
     let fwd: HashMap<&String, &String> = env
         .iter()
         .filter(|(k, _)| k.starts_with("CNI_") || k.starts_with("K8S_"))
@@ -87,13 +94,7 @@ fn run(env: &HashMap<String, String>, stdin: &[u8]) -> Result<Vec<u8>> {
     let body =
         json!({"env": fwd, "config": base64::engine::general_purpose::STANDARD.encode(stdin)})
             .to_string();
-    let resp =
-        http::request(&c.socket, "POST", "/cni", body.as_bytes(), c.timeout).map_err(|e| {
-            CniError::new(
-                code::TRY_AGAIN_LATER,
-                format!("plexus daemon at {}: {e}", c.socket.display()),
-            )
-        })?;
+    let resp = send(&c, body.as_bytes())?;
     match resp.status {
         200 if command == "ADD" => {
             let v: Value = serde_json::from_slice(&resp.body)
