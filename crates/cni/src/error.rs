@@ -82,6 +82,20 @@ impl CniError {
             .unwrap_or_else(|_| b"{\"code\":999,\"msg\":\"unprintable error\"}".to_vec())
     }
 
+    /// All of `errors` as one (the first one's code, every message), or `Ok` when empty:
+    /// teardown, GC and CHECK go on after an error and report them all.
+    pub fn join(errors: Vec<CniError>) -> Result<()> {
+        let Some(first) = errors.first() else {
+            return Ok(());
+        };
+        let msg = errors
+            .iter()
+            .map(|e| e.msg.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(CniError::new(first.code, msg))
+    }
+
     /// Shorthand for [`code::INVALID_NETWORK_CONFIG`].
     pub fn invalid_config(msg: impl Into<String>) -> Self {
         Self::new(code::INVALID_NETWORK_CONFIG, msg)

@@ -364,7 +364,7 @@ impl Runtime {
         if version_at_least(&list.cni_version, "1.1.0") {
             errors.extend(self.gc_plugins(list, valid));
         }
-        join_errors(errors)
+        CniError::join(errors)
     }
 
     /// Sends GC to every plugin of the list; returns the errors.
@@ -462,18 +462,6 @@ fn check_attachment(att: &Attachment, needs_netns: bool) -> Result<()> {
         return Err(CniError::invalid_env("CNI_NETNS is required"));
     }
     Ok(())
-}
-
-fn join_errors(errors: Vec<CniError>) -> Result<()> {
-    let Some(first) = errors.first() else {
-        return Ok(());
-    };
-    let msg = errors
-        .iter()
-        .map(|e| e.msg.as_str())
-        .collect::<Vec<_>>()
-        .join("; ");
-    Err(CniError::new(first.code, msg))
 }
 
 /// The request object for one plugin (spec §3 "Deriving execution configuration"):

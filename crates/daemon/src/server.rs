@@ -16,7 +16,7 @@ use axum::routing::any;
 use axum::Router;
 use base64::Engine as _;
 use plexus_cni::plugin::{dispatch, Outcome, Plugin, Request};
-use plexus_cni::runtime::{Attachment, Runtime, ValidAttachment};
+use plexus_cni::runtime::{Attachment, Runtime};
 use plexus_cni::{code, CniError, CniResult};
 use plexus_engine::local::LocalCluster;
 use plexus_engine::{Cluster, Engine, NetConf};
@@ -235,20 +235,10 @@ impl DaemonPlugin<'_> {
     }
 }
 
-fn engine_request(req: &Request) -> plexus_engine::Request {
-    plexus_engine::Request {
-        container_id: req.container_id.clone(),
-        netns: req.netns.as_ref().map(|p| p.display().to_string()),
-        ifname: req.ifname.clone(),
-        args: req.args.clone(),
-        cni_path: req.path.clone(),
-    }
-}
-
 impl Plugin for DaemonPlugin<'_> {
     fn add(&self, req: &Request) -> plexus_cni::Result<CniResult> {
         let engine = self.engine(req)?;
-        let r = engine.add(&engine_request(req))?;
+        let r = engine.add(&plexus_engine::Request::from_cni(req))?;
         if let Ok(Some(s)) = engine.state().load(&req.container_id) {
             for a in s.attachments {
                 self.st
@@ -261,25 +251,18 @@ impl Plugin for DaemonPlugin<'_> {
         Ok(r)
     }
     fn del(&self, req: &Request) -> plexus_cni::Result<()> {
-        self.engine(req)?.del(&engine_request(req))
+        self.engine(req)?
+            .del(&plexus_engine::Request::from_cni(req))
     }
     fn check(&self, req: &Request) -> plexus_cni::Result<()> {
-        self.engine(req)?.check(&engine_request(req))
+        self.engine(req)?
+            .check(&plexus_engine::Request::from_cni(req))
     }
     fn status(&self, req: &Request) -> plexus_cni::Result<()> {
         self.engine(req)?.status(&req.path)
     }
     fn gc(&self, req: &Request) -> plexus_cni::Result<()> {
-        let valid = match req
-            .config
-            .get("cni.dev/valid-attachments")
-            .or_else(|| req.config.get("cni.dev/attachments"))
-        {
-            None => Vec::new(),
-            Some(v) => serde_json::from_value::<Vec<ValidAttachment>>(v.clone()).map_err(|e| {
-                CniError::invalid_config(format!("\"cni.dev/valid-attachments\": {e}"))
-            })?,
-        };
+        let valid = plexus_engine::valid_attachments(req)?;
         self.engine(req)?.gc(&valid, &req.path)
     }
 }

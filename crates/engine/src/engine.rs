@@ -44,6 +44,32 @@ impl Request {
     }
 }
 
+impl Request {
+    /// The engine's view of a CNI request, as the plugin skeleton parsed it.
+    pub fn from_cni(req: &plexus_cni::plugin::Request) -> Request {
+        Request {
+            container_id: req.container_id.clone(),
+            netns: req.netns.as_ref().map(|p| p.display().to_string()),
+            ifname: req.ifname.clone(),
+            args: req.args.clone(),
+            cni_path: req.path.clone(),
+        }
+    }
+}
+
+/// The runtime's `cni.dev/valid-attachments` of a GC request (or the key's older name).
+pub fn valid_attachments(req: &plexus_cni::plugin::Request) -> Result<Vec<ValidAttachment>> {
+    match req
+        .config
+        .get("cni.dev/valid-attachments")
+        .or_else(|| req.config.get("cni.dev/attachments"))
+    {
+        None => Ok(Vec::new()),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| CniError::invalid_config(format!("\"cni.dev/valid-attachments\": {e}"))),
+    }
+}
+
 /// The engine of one request (thin mode) or of the daemon (thick mode).
 pub struct Engine {
     conf: NetConf,
@@ -369,12 +395,7 @@ impl Engine {
         remaining.reverse();
         st.attachments = remaining;
         self.state.save(st)?;
-        let msg = errors
-            .iter()
-            .map(|e| e.msg.as_str())
-            .collect::<Vec<_>>()
-            .join("; ");
-        Err(CniError::new(errors[0].code, msg))
+        CniError::join(errors)
     }
 
     fn del_one(&self, rt: &Runtime, st: &PodState, a: &AttachmentState) -> Result<()> {
@@ -510,7 +531,7 @@ impl Engine {
                 errors.push(ctx(e));
             }
         }
-        join(errors)
+        CniError::join(errors)
     }
 
     /// The networks the node's configuration names (cluster network, other inline
@@ -620,20 +641,8 @@ impl Engine {
             }
             errors.extend(rt.gc_plugins(list, valid));
         }
-        join(errors)
+        CniError::join(errors)
     }
-}
-
-fn join(errors: Vec<CniError>) -> Result<()> {
-    let Some(first) = errors.first() else {
-        return Ok(());
-    };
-    let msg = errors
-        .iter()
-        .map(|e| e.msg.as_str())
-        .collect::<Vec<_>>()
-        .join("; ");
-    Err(CniError::new(first.code, msg))
 }
 
 fn to_state(p: &Planned) -> AttachmentState {

@@ -14,4 +14,4 @@ pub mod state;
 
 pub use cluster::{Cluster, EventType, PodInfo};
 pub use config::NetConf;
-pub use engine::{Engine, Request};
+pub use engine::{valid_attachments, Engine, Request};

@@ -8,34 +8,6 @@ use plexus_cni::result::{Dns, Result100};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The DNS map of a status entry.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatusDns {
-    /// Name servers.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub nameservers: Vec<String>,
-    /// Domain.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub domain: String,
-    /// Search list.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub search: Vec<String>,
-    /// Options.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub options: Vec<String>,
-}
-
-impl From<&Dns> for StatusDns {
-    fn from(d: &Dns) -> Self {
-        StatusDns {
-            nameservers: d.nameservers.clone(),
-            domain: d.domain.clone(),
-            search: d.search.clone(),
-            options: d.options.clone(),
-        }
-    }
-}
-
 /// One entry of the status annotation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetworkStatus {
@@ -56,7 +28,7 @@ pub struct NetworkStatus {
     /// True for the cluster-wide default network only.
     pub default: bool,
     /// DNS (always present, `{}` when empty, as Multus writes it).
-    pub dns: StatusDns,
+    pub dns: Dns,
     /// Device information (device-info-spec).
     #[serde(
         rename = "device-info",
@@ -107,7 +79,7 @@ fn bare(a: &IpNet) -> String {
 /// result has none. For the default network exactly one entry carries `default: true`:
 /// the interface owning the first IP with a gateway, else the first entry.
 pub fn entries(result: &Result100, input: StatusInput<'_>) -> Vec<NetworkStatus> {
-    let dns = StatusDns::from(&result.dns);
+    let dns = result.dns.clone();
     let gw = gateways(result);
     let sandboxes: Vec<usize> = (0..result.interfaces.len())
         .filter(|i| !result.interfaces[*i].sandbox.is_empty())

@@ -5,8 +5,7 @@
 mod logging;
 
 use plexus_cni::plugin::{self, Plugin, Request};
-use plexus_cni::runtime::ValidAttachment;
-use plexus_cni::{CniError, CniResult, Result};
+use plexus_cni::{CniResult, Result};
 use plexus_engine::local::LocalCluster;
 use plexus_engine::{Cluster, Engine, NetConf};
 use std::sync::Arc;
@@ -25,16 +24,6 @@ fn engine(req: &Request) -> Result<Engine> {
     Ok(Engine::new(conf, cluster))
 }
 
-fn engine_request(req: &Request) -> plexus_engine::Request {
-    plexus_engine::Request {
-        container_id: req.container_id.clone(),
-        netns: req.netns.as_ref().map(|p| p.display().to_string()),
-        ifname: req.ifname.clone(),
-        args: req.args.clone(),
-        cni_path: req.path.clone(),
-    }
-}
-
 fn logged<T>(op: &str, req: &Request, r: Result<T>) -> Result<T> {
     match &r {
         Ok(_) => tracing::info!(container = %req.container_id, ifname = %req.ifname, "{op} done"),
@@ -47,15 +36,27 @@ fn logged<T>(op: &str, req: &Request, r: Result<T>) -> Result<T> {
 
 impl Plugin for Plexus {
     fn add(&self, req: &Request) -> Result<CniResult> {
-        logged("ADD", req, engine(req)?.add(&engine_request(req)))
+        logged(
+            "ADD",
+            req,
+            engine(req)?.add(&plexus_engine::Request::from_cni(req)),
+        )
     }
 
     fn del(&self, req: &Request) -> Result<()> {
-        logged("DEL", req, engine(req)?.del(&engine_request(req)))
+        logged(
+            "DEL",
+            req,
+            engine(req)?.del(&plexus_engine::Request::from_cni(req)),
+        )
     }
 
     fn check(&self, req: &Request) -> Result<()> {
-        logged("CHECK", req, engine(req)?.check(&engine_request(req)))
+        logged(
+            "CHECK",
+            req,
+            engine(req)?.check(&plexus_engine::Request::from_cni(req)),
+        )
     }
 
     fn status(&self, req: &Request) -> Result<()> {
@@ -63,16 +64,7 @@ impl Plugin for Plexus {
     }
 
     fn gc(&self, req: &Request) -> Result<()> {
-        let valid = match req
-            .config
-            .get("cni.dev/valid-attachments")
-            .or_else(|| req.config.get("cni.dev/attachments"))
-        {
-            None => Vec::new(),
-            Some(v) => serde_json::from_value::<Vec<ValidAttachment>>(v.clone()).map_err(|e| {
-                CniError::invalid_config(format!("\"cni.dev/valid-attachments\": {e}"))
-            })?,
-        };
+        let valid = plexus_engine::valid_attachments(req)?;
         logged("GC", req, engine(req)?.gc(&valid, &req.path))
     }
 }
