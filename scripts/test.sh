@@ -9,6 +9,8 @@ locked=()
 [ -n "${CI:-}" ] && locked=(--locked)
 cargo fmt --all -- --check
 cargo clippy "${locked[@]}" --workspace --all-targets -- -D warnings
+# Every binary first: integration tests execute plexus, plexus-shim, plexusd and the test plugin.
+cargo build "${locked[@]}" --workspace --bins
 cargo test "${locked[@]}" --workspace --all-targets 2>&1 | tee target/test-output.log
 # A namespace or a temporary directory left behind is a test bug.
 left=$(ip netns list | grep -E '^(hst|ctr|plx|dmo)' || true)
