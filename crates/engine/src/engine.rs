@@ -203,13 +203,14 @@ impl Engine {
         let r = self.resolver();
         let nets = plan::networks(&r, &input)?;
         let planned = plan::attachments(&r, &input, nets, &self.conf.runtime_config)?;
-        for p in planned.iter().filter(|p| !p.auxiliary) {
-            if interface_exists(&netns, &p.ifname)? {
-                return Err(CniError::invalid_config(format!(
-                    "network \"{}\": interface {:?} already exists in {netns_path}",
-                    p.name, p.ifname
-                )));
-            }
+        let wanted: Vec<&Planned> = planned.iter().filter(|p| !p.auxiliary).collect();
+        let names: Vec<&str> = wanted.iter().map(|p| p.ifname.as_str()).collect();
+        // One entry into the pod's namespace for all the names.
+        if let Some(i) = first_existing_interface(&netns, &names)? {
+            return Err(CniError::invalid_config(format!(
+                "network \"{}\": interface {:?} already exists in {netns_path}",
+                wanted[i].name, wanted[i].ifname
+            )));
         }
         let mut st = PodState {
             version: STATE_VERSION,
@@ -679,9 +680,14 @@ fn attachment(
     }
 }
 
-fn interface_exists(netns: &NetNs, ifname: &str) -> Result<bool> {
+/// The index of the first of `names` that is already an interface in the namespace.
+fn first_existing_interface(netns: &NetNs, names: &[&str]) -> Result<Option<usize>> {
     netns
-        .run(|| nix::net::if_::if_nametoindex(ifname).is_ok())
+        .run(|| {
+            names
+                .iter()
+                .position(|n| nix::net::if_::if_nametoindex(*n).is_ok())
+        })
         .map_err(|e| CniError::invalid_env(format!("CNI_NETNS: {e}")))
 }
 
