@@ -688,3 +688,53 @@ fn auxiliary_chain_runs_after_every_network() {
     assert_eq!(calls.lines().count(), 2, "DEL reached the auxiliary chain");
     assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
 }
+
+#[test]
+fn selection_keys_reach_the_delegates() {
+    let mut n = node(1);
+    let rec = n.world.subdir("rec");
+    n.conf["binDir"] = json!(plexus_bin().parent().unwrap());
+    n.nad(
+        "demo",
+        "caps",
+        json!({"cniVersion": "1.0.0", "plugins": [
+        {"type": "plexus-test-plugin", "recordDir": rec, "ip": "198.51.100.9/24",
+         "capabilities": {"portMappings": true, "bandwidth": true, "infinibandGUID": true}}]}),
+    );
+    let sel = r#"[{"name":"caps","interface":"data9",
+        "portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"UDP","hostIP":"198.51.100.1"}],
+        "bandwidth":{"ingressRate":1000000,"ingressBurst":2000000,"egressRate":3000000},
+        "infiniband-guid":"c2:11:22:33:44:55:66:77","deviceID":"0000:00:1f.6",
+        "ipam-claim-reference":"vm-a.caps","cni-args":{"k":"v"}}]"#;
+    let att = n.attachment(0, &unique("cid"), "demo", "p", &[("PLEXUS_NETWORKS", sel)]);
+    n.add(&att).unwrap();
+    let calls: Vec<serde_json::Value> = std::fs::read_to_string(rec.join("calls.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let c = &calls[0]["config"];
+    assert_eq!(calls[0]["env"]["CNI_IFNAME"], "data9");
+    assert_eq!(
+        c["runtimeConfig"]["portMappings"],
+        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "udp", "hostIP": "198.51.100.1"}])
+    );
+    assert_eq!(
+        c["runtimeConfig"]["bandwidth"],
+        json!({"ingressRate": 1000000, "ingressBurst": 2000000, "egressRate": 3000000})
+    );
+    assert_eq!(
+        c["runtimeConfig"]["infinibandGUID"],
+        "c2:11:22:33:44:55:66:77"
+    );
+    assert_eq!(
+        (c["deviceID"].as_str(), c["pciBusID"].as_str()),
+        (Some("0000:00:1f.6"), Some("0000:00:1f.6"))
+    );
+    assert_eq!(
+        c["args"]["cni"],
+        json!({"k": "v", "ipam-claim-reference": "vm-a.caps"})
+    );
+    n.del(&att).unwrap();
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
