@@ -15,7 +15,6 @@ use plexus_cni::{code, CniError, Result};
 use plexus_engine::{Cluster, EventType, PodInfo};
 use plexus_npwg::nad::Nad;
 use plexus_npwg::status::NetworkStatus;
-use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -144,6 +143,21 @@ fn pod_info(p: &Pod, ns: &str, name: &str) -> PodInfo {
 }
 
 impl DaemonCluster {
+    /// Runs `f` with the time limit, keeping kube's error (its status code matters).
+    fn block_raw<T>(
+        &self,
+        f: impl std::future::Future<Output = std::result::Result<T, kube::Error>>,
+    ) -> std::result::Result<T, kube::Error> {
+        self.handle.block_on(async {
+            match tokio::time::timeout(self.timeout, f).await {
+                Ok(r) => r,
+                Err(_) => Err(kube::Error::Service(
+                    format!("no answer within {:?}", self.timeout).into(),
+                )),
+            }
+        })
+    }
+
     fn block<T>(
         &self,
         what: &str,
@@ -211,35 +225,22 @@ impl Cluster for DaemonCluster {
 
     fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
-        let what = format!("pod \"{}\" status", pod.key());
-        let value =
-            serde_json::to_string_pretty(status).map_err(|e| CniError::internal(e.to_string()))?;
         // First try with the cached resourceVersion (no read); on conflict, read and retry.
-        let mut rv = self
+        let rv = self
             .caches
             .pod(&pod.namespace, &pod.name)
             .and_then(|p| p.metadata.resource_version.clone());
-        for _ in 0..5 {
-            let patch = json!({"metadata": {"resourceVersion": rv, "annotations": {plexus_npwg::STATUS_ANNOTATION: value}}});
-            match self.block(
-                &what,
-                api.patch_status(&pod.name, &PatchParams::default(), &Patch::Merge(&patch)),
-            ) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.msg.contains("409") || e.msg.contains("Conflict") => {
-                    match self.block(&what, api.get_opt(&pod.name))? {
-                        Some(p) => rv = p.metadata.resource_version,
-                        None => return Ok(()),
-                    }
-                }
-                Err(e) if e.msg.contains("NotFound") || e.msg.contains("404") => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(CniError::new(
-            code::TRY_AGAIN_LATER,
-            format!("{what}: conflicting updates, gave up after 5 attempts"),
-        ))
+        let pp = PatchParams::default();
+        plexus_kube::write_status_with_retry(
+            pod,
+            status,
+            rv,
+            || self.block_raw(api.get_opt(&pod.name)),
+            |patch| {
+                self.block_raw(api.patch_status(&pod.name, &pp, &Patch::Merge(patch)))
+                    .map(|_| ())
+            },
+        )
     }
 
     fn event(&self, pod: &PodInfo, kind: EventType, reason: &str, message: &str) {

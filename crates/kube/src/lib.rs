@@ -179,41 +179,25 @@ impl Cluster for KubeCluster {
     fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
         let what = format!("pod \"{}\" status", pod.key());
-        let value =
-            serde_json::to_string_pretty(status).map_err(|e| CniError::internal(e.to_string()))?;
         // The version read when planning makes the first write conditional without a
-        // second read; a concurrent update gives 409, and then we read and retry.
-        let mut rv = self
+        // second read.
+        let rv = self
             .seen
             .lock()
             .ok()
             .and_then(|s| s.get(&(pod.namespace.clone(), pod.name.clone())).cloned());
-        for _ in 0..5 {
-            if rv.is_none() {
-                let Some(current) = self
-                    .call(&what, || api.get_opt(&pod.name))
-                    .map_err(|e| api_error(&what, e))?
-                else {
-                    tracing::warn!(pod = %pod.key(), "pod is gone; network-status not written");
-                    return Ok(());
-                };
-                rv = current.metadata.resource_version;
-            }
-            let patch = json!({"metadata": {"resourceVersion": rv.take(),
-                                            "annotations": {plexus_npwg::STATUS_ANNOTATION: value}}});
-            let pp = PatchParams::default();
-            let merge = Patch::Merge(&patch);
-            match self.call(&what, || api.patch_status(&pod.name, &pp, &merge)) {
-                Ok(_) => return Ok(()),
-                Err(e) if is_code(&e, 409) => continue,
-                Err(e) if is_code(&e, 404) => return Ok(()),
-                Err(e) => return Err(api_error(&what, e)),
-            }
-        }
-        Err(CniError::new(
-            code::TRY_AGAIN_LATER,
-            format!("{what}: conflicting updates, gave up after 5 attempts"),
-        ))
+        let pp = PatchParams::default();
+        write_status_with_retry(
+            pod,
+            status,
+            rv,
+            || self.call(&what, || api.get_opt(&pod.name)),
+            |patch| {
+                let merge = Patch::Merge(patch);
+                self.call(&what, || api.patch_status(&pod.name, &pp, &merge))
+                    .map(|_| ())
+            },
+        )
     }
 
     fn events(&self, pod: &PodInfo, events: &[(EventType, String, String)]) {
@@ -280,4 +264,38 @@ pub fn event_object(pod: &PodInfo, kind: EventType, reason: &str, message: &str)
         count: Some(1),
         ..Default::default()
     }
+}
+
+/// Writes the network-status annotation with a merge patch on `pods/status`, made
+/// conditional by `rv` (the resourceVersion the caller last saw; `None` writes
+/// unconditionally). On 409 Conflict the pod is read again and the write retried, at
+/// most 5 times; a pod that is gone is not an error. Thin mode and the daemon differ
+/// only in how they `read` and `patch`.
+pub fn write_status_with_retry(
+    pod: &PodInfo,
+    status: &[NetworkStatus],
+    mut rv: Option<String>,
+    mut read: impl FnMut() -> std::result::Result<Option<Pod>, kube::Error>,
+    mut patch: impl FnMut(&serde_json::Value) -> std::result::Result<(), kube::Error>,
+) -> Result<()> {
+    let what = format!("pod \"{}\" status", pod.key());
+    let value =
+        serde_json::to_string_pretty(status).map_err(|e| CniError::internal(e.to_string()))?;
+    for _ in 0..5 {
+        let body = json!({"metadata": {"resourceVersion": rv.take(),
+                                      "annotations": {plexus_npwg::STATUS_ANNOTATION: value}}});
+        match patch(&body) {
+            Ok(()) => return Ok(()),
+            Err(e) if is_code(&e, 409) => match read().map_err(|e| api_error(&what, e))? {
+                Some(current) => rv = current.metadata.resource_version,
+                None => return Ok(()),
+            },
+            Err(e) if is_code(&e, 404) => return Ok(()),
+            Err(e) => return Err(api_error(&what, e)),
+        }
+    }
+    Err(CniError::new(
+        code::TRY_AGAIN_LATER,
+        format!("{what}: conflicting updates, gave up after 5 attempts"),
+    ))
 }
