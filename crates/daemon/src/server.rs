@@ -367,18 +367,16 @@ fn run_delegate(
         }
     }
     let var = |k: &str| env.get(k).cloned().unwrap_or_default();
-    let bin_dir = st
-        .cfg
-        .raw
-        .get("binDir")
-        .and_then(Value::as_str)
-        .unwrap_or("/opt/cni/bin");
-    let cni_dir = st
-        .cfg
-        .raw
-        .get("cniDir")
-        .and_then(Value::as_str)
-        .unwrap_or("/var/lib/cni/multus");
+    let key = |k: &str, default: &'static str| {
+        st.cfg
+            .raw
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or(default)
+            .to_string()
+    };
+    let bin_dir = key("binDir", plexus_engine::config::DEFAULT_BIN_DIR);
+    let cni_dir = key("cniDir", plexus_engine::config::DEFAULT_CNI_DIR);
     let mut paths = vec![std::path::PathBuf::from(bin_dir)];
     paths.extend(std::env::split_paths(&var("CNI_PATH")));
     let mut rt = Runtime::new(paths, Some(cni_dir.into()));

@@ -218,6 +218,16 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The calls the recording test plugin logged in `dir` (`calls.jsonl`), in order; none
+/// when it was never called.
+pub fn recorded_calls(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("calls.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line from the test plugin"))
+        .collect()
+}
+
 /// The directory holding the test plugin binary and the reference plugins, for `CNI_PATH`.
 pub fn plugin_paths(test_plugin: &str) -> Vec<PathBuf> {
     let own = Path::new(test_plugin)

@@ -484,11 +484,7 @@ fn runtime_config_goes_to_the_default_network_only() {
         json!({"ingressRate": 1000, "ingressBurst": 1000}),
     );
     n.add(&att).unwrap();
-    let calls: Vec<serde_json::Value> = std::fs::read_to_string(rec.join("calls.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let calls = recorded_calls(&rec);
     assert_eq!(
         calls[0]["config"]["runtimeConfig"]["portMappings"][0]["hostPort"], 8080,
         "default network gets the runtime's"
@@ -548,11 +544,7 @@ fn gc_removes_stale_containers_and_forwards_the_valid_list() {
         ["lo", "eth0"],
         "the valid one is untouched"
     );
-    let calls: Vec<serde_json::Value> = std::fs::read_to_string(rec.join("calls.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let calls = recorded_calls(&rec);
     let gc = calls
         .iter()
         .find(|c| c["env"]["CNI_COMMAND"] == "GC")
@@ -665,11 +657,7 @@ fn auxiliary_chain_runs_after_every_network() {
         r.ips[0].address.to_string().starts_with("192.0.2."),
         "the runtime still gets the cluster network's result"
     );
-    let calls: Vec<serde_json::Value> = std::fs::read_to_string(rec.join("calls.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let calls = recorded_calls(&rec);
     assert_eq!(calls[0]["env"]["CNI_COMMAND"], "ADD");
     assert_eq!(calls[0]["env"]["CNI_IFNAME"], "eth0");
     assert_eq!(calls[0]["config"]["name"], "aux");
@@ -684,8 +672,8 @@ fn auxiliary_chain_runs_after_every_network() {
         "no status entry of its own"
     );
     n.del(&att).unwrap();
-    let calls = std::fs::read_to_string(rec.join("calls.jsonl")).unwrap();
-    assert_eq!(calls.lines().count(), 2, "DEL reached the auxiliary chain");
+    let calls = recorded_calls(&rec);
+    assert_eq!(calls.len(), 2, "DEL reached the auxiliary chain");
     assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
 }
 
@@ -708,11 +696,7 @@ fn selection_keys_reach_the_delegates() {
         "ipam-claim-reference":"vm-a.caps","cni-args":{"k":"v"}}]"#;
     let att = n.attachment(0, &unique("cid"), "demo", "p", &[("PLEXUS_NETWORKS", sel)]);
     n.add(&att).unwrap();
-    let calls: Vec<serde_json::Value> = std::fs::read_to_string(rec.join("calls.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let calls = recorded_calls(&rec);
     let c = &calls[0]["config"];
     assert_eq!(calls[0]["env"]["CNI_IFNAME"], "data9");
     assert_eq!(

@@ -35,16 +35,8 @@ fn att(cid: &str) -> Attachment {
     }
 }
 
-fn calls(rec: &Path) -> Vec<Value> {
-    std::fs::read_to_string(rec.join("calls.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn commands(rec: &Path) -> Vec<String> {
-    calls(rec)
+    recorded_calls(rec)
         .iter()
         .map(|c| {
             c["env"]["CNI_COMMAND"]
@@ -92,7 +84,7 @@ fn add_del_check_protocol() {
     assert_eq!(r.ips.len(), 2, "second plugin extended the first's result");
     rt.check_list(&l, &a).unwrap();
     rt.del_list(&l, &a).unwrap();
-    let c = calls(&d.rec);
+    let c = recorded_calls(&d.rec);
     assert_eq!(
         commands(&d.rec),
         ["ADD", "ADD", "CHECK", "CHECK", "DEL", "DEL"]
@@ -190,7 +182,7 @@ fn status_keeps_the_plugin_code() {
         "{e}"
     );
     rt.status_list(&list("1.1.0", &d.rec, json!({}))).unwrap();
-    let c = calls(&d.rec);
+    let c = recorded_calls(&d.rec);
     assert_eq!(
         c[0]["env"].as_object().unwrap().len(),
         3,
@@ -211,7 +203,7 @@ fn gc_dels_stale_attachments_and_forwards_the_valid_list() {
         ifname: "eth0".into(),
     }];
     rt.gc_list(&l, &valid).unwrap();
-    let c = calls(&d.rec);
+    let c = recorded_calls(&d.rec);
     let tail: Vec<(String, String)> = c[4..]
         .iter()
         .map(|c| {
@@ -316,7 +308,7 @@ fn hostile_identifiers_never_reach_a_plugin_or_a_path() {
         assert_eq!(rt.add_list(&l, &a).unwrap_err().code, 4, "{cid} {ifname}");
         assert_eq!(rt.del_list(&l, &a).unwrap_err().code, 4, "{cid} {ifname}");
     }
-    assert!(calls(&d.rec).is_empty());
+    assert!(recorded_calls(&d.rec).is_empty());
     assert!(!d.cache.exists() || files_below(&d.cache).is_empty());
 }
 
@@ -335,7 +327,7 @@ fn corrupt_cache_does_not_block_del() {
     std::fs::write(&path, "{\"kind\":\"cniCacheV1\",").unwrap();
     rt.del_list(&l, &att("c1")).unwrap();
     assert!(!path.exists());
-    let dels: Vec<_> = calls(&d.rec)
+    let dels: Vec<_> = recorded_calls(&d.rec)
         .into_iter()
         .filter(|c| c["env"]["CNI_COMMAND"] == "DEL")
         .collect();

@@ -67,11 +67,16 @@ impl Default for PlexusConf {
 fn d_conf_dir() -> PathBuf {
     "/etc/cni/multus/net.d".into()
 }
+/// Multus's default `cniDir`.
+pub const DEFAULT_CNI_DIR: &str = "/var/lib/cni/multus";
+/// Multus's default `binDir`.
+pub const DEFAULT_BIN_DIR: &str = "/opt/cni/bin";
+
 fn d_cni_dir() -> PathBuf {
-    "/var/lib/cni/multus".into()
+    DEFAULT_CNI_DIR.into()
 }
 fn d_bin_dir() -> PathBuf {
-    "/opt/cni/bin".into()
+    DEFAULT_BIN_DIR.into()
 }
 fn d_multus_ns() -> String {
     "kube-system".into()
