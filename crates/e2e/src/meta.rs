@@ -260,7 +260,18 @@ pub struct Daemon {
 impl Daemon {
     /// Starts plexusd with the node's engine keys plus `extra` daemon keys, and waits until ready.
     pub fn start(node: &Node, extra: Value) -> Daemon {
-        let socket_dir = node.world.subdir("run");
+        Self::start_named(node, "", extra)
+    }
+
+    /// As [`Daemon::start`], for a second daemon of the node: its socket directory is
+    /// `run-<name>` and its files are in `daemon-<name>` (`name` empty: the first daemon).
+    pub fn start_named(node: &Node, name: &str, extra: Value) -> Daemon {
+        let suffix = if name.is_empty() {
+            String::new()
+        } else {
+            format!("-{name}")
+        };
+        let socket_dir = node.world.subdir(&format!("run{suffix}"));
         let mut cfg = node.conf.clone();
         let obj = cfg.as_object_mut().expect("config object");
         obj.remove("type");
@@ -281,9 +292,11 @@ impl Daemon {
                 }
             }
         }
-        let config_path = node.world.subdir("daemon").join("daemon-config.json");
+        let dir = node.world.subdir(&format!("daemon{suffix}"));
+        let config_path = dir.join("daemon-config.json");
         std::fs::write(&config_path, cfg.to_string()).expect("daemon config");
-        let log = node.world.subdir("daemon").join("plexusd.log");
+        let log = dir.join("plexusd.log");
+
         let bin = plexus_bin().with_file_name("plexusd");
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = node

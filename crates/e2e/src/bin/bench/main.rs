@@ -9,7 +9,7 @@ use clap::Parser;
 use plexus_cni::config::NetworkConfigList;
 use plexus_cni::runtime::{Attachment, Runtime};
 use plexus_e2e::meta::{nad_object, pod_object, Daemon, Node};
-use plexus_e2e::{links, unique, REFERENCE_PLUGINS};
+use plexus_e2e::{links, unique};
 use plexus_testapi::{Resource, TestApiServer};
 use serde_json::{json, Value};
 use stats::{ms, summarize, Summary};
@@ -61,6 +61,9 @@ struct Args {
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Kind {
+    /// Every network, the cluster one included, is a plugin that only prints a result:
+    /// what remains is the meta-plugin's own cost.
+    Noop,
     Bridge,
     Macvlan,
     Mixed,
@@ -69,6 +72,7 @@ enum Kind {
 impl Kind {
     fn name(self) -> &'static str {
         match self {
+            Kind::Noop => "no-op delegates",
             Kind::Bridge => "bridge+host-local",
             Kind::Macvlan => "macvlan+host-local",
             Kind::Mixed => "mixed",
@@ -77,6 +81,7 @@ impl Kind {
     fn networks(self, k: usize) -> Vec<String> {
         (1..=k)
             .map(|i| match self {
+                Kind::Noop => format!("n{i}"),
                 Kind::Bridge => format!("b{i}"),
                 Kind::Macvlan => format!("m{i}"),
                 Kind::Mixed => {
@@ -97,7 +102,16 @@ struct Bench {
     nad_configs: BTreeMap<String, Value>,
     thin_conf: Value,
     shim_conf: Value,
+    /// The same with the no-op cluster network (thick: a second daemon, started in main).
+    noop_thin_conf: Value,
+    noop_shim_conf: Value,
     counter: AtomicUsize,
+}
+
+/// The cluster network of the no-op kind.
+fn noop_cluster() -> Value {
+    json!({"cniVersion": "1.0.0", "name": "cluster-noop",
+           "plugins": [{"type": "plexus-test-plugin", "ip": "192.0.2.10/24"}]})
 }
 
 fn setup(args: &Args) -> Bench {
@@ -109,6 +123,10 @@ fn setup(args: &Args) -> Bench {
             "ipam": {"type": "host-local", "dataDir": ipam, "ranges": [[{"subnet": format!("198.51.100.{}/27", 32 * (k - 1))}]]}}));
         nad_configs.insert(format!("m{k}"), json!({"cniVersion": "1.0.0", "type": "macvlan", "master": node.master, "mode": "bridge",
             "ipam": {"type": "host-local", "dataDir": ipam, "ranges": [[{"subnet": format!("203.0.113.{}/28", 16 * (k - 1))}]]}}));
+        nad_configs.insert(
+            format!("n{k}"),
+            json!({"cniVersion": "1.0.0", "type": "plexus-test-plugin", "ip": format!("198.51.100.{}/24", 200 + k)}),
+        );
     }
     nad_configs.insert("churn".into(), json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": unique("cb"),
         "ipam": {"type": "host-local", "dataDir": ipam, "ranges": [[{"subnet": "203.0.113.128/25"}]]}}));
@@ -145,12 +163,18 @@ fn setup(args: &Args) -> Bench {
     }
     let thin_conf = node.conf.clone();
     let shim_conf = node.shim_conf();
+    let mut noop_thin_conf = thin_conf.clone();
+    noop_thin_conf["delegates"] = json!([noop_cluster()]);
+    let noop_shim_conf = json!({"type": "plexus-shim", "daemonSocketDir": node.world.subdir("run-noop"),
+                                "plexus": {"shimWaitSeconds": 1}});
     Bench {
         node,
         api,
         nad_configs,
         thin_conf,
         shim_conf,
+        noop_thin_conf,
+        noop_shim_conf,
         counter: AtomicUsize::new(0),
     }
 }
@@ -176,19 +200,36 @@ impl Mode {
 
 struct Runner {
     rt: Runtime,
+    /// The meta-plugin's conflist; `None`: the delegates alone.
     list: Option<NetworkConfigList>,
+    /// The cluster network (executed by the harness for the delegates alone).
+    cluster: NetworkConfigList,
 }
 
 impl Bench {
-    fn runner(&self, mode: Mode, other: &Option<(PathBuf, Value)>) -> Runner {
+    fn runner(&self, mode: Mode, kind: Kind, other: &Option<(PathBuf, Value)>) -> Runner {
         let mut paths = self.node.rt.paths.clone();
+        let noop = kind == Kind::Noop;
+        let cluster = if noop {
+            noop_cluster()
+        } else {
+            self.thin_conf["delegates"][0].clone()
+        };
+        let cluster = NetworkConfigList::from_bytes_any(cluster.to_string().as_bytes())
+            .expect("cluster list");
         let conf = match mode {
             Mode::Baseline => {
+                paths.reverse();
                 return Runner {
-                    rt: Runtime::new(vec![REFERENCE_PLUGINS.into()], None),
+                    // The plugins' directories, the reference plugins' first (as
+                    // Plexus's binDir is searched first).
+                    rt: Runtime::new(paths, None),
                     list: None,
-                }
+                    cluster,
+                };
             }
+            Mode::Thin if noop => self.noop_thin_conf.clone(),
+            Mode::Thick if noop => self.noop_shim_conf.clone(),
             Mode::Thin => self.thin_conf.clone(),
             Mode::Thick => self.shim_conf.clone(),
             Mode::Other => {
@@ -204,12 +245,8 @@ impl Bench {
         Runner {
             rt: Runtime::new(paths, None),
             list: Some(list),
+            cluster,
         }
-    }
-
-    fn cluster_list(&self) -> NetworkConfigList {
-        NetworkConfigList::from_bytes_any(self.thin_conf["delegates"][0].to_string().as_bytes())
-            .expect("cluster list")
     }
 
     fn nad_list(&self, name: &str) -> NetworkConfigList {
@@ -236,21 +273,32 @@ impl Bench {
     }
 
     /// One pod's ADD; returns its latency.
+    /// The delegates' lists and attachments, as the delegates alone run them.
+    fn delegates(
+        &self,
+        r: &Runner,
+        att: &Attachment,
+        networks: &[String],
+    ) -> Vec<(NetworkConfigList, Attachment)> {
+        let mut out = vec![(r.cluster.clone(), att.clone())];
+        for (i, n) in networks.iter().enumerate() {
+            let a = Attachment {
+                ifname: format!("net{}", i + 1),
+                ..att.clone()
+            };
+            out.push((self.nad_list(n), a));
+        }
+        out
+    }
+
     fn add(&self, r: &Runner, att: &Attachment, networks: &[String]) -> Duration {
+        let lists = self.delegates(r, att, networks);
         let t = Instant::now();
         let res = self.node.world.host.run(|| match &r.list {
             Some(l) => r.rt.add_list(l, att).map(|_| ()),
-            None => {
-                r.rt.add_list(&self.cluster_list(), att)?;
-                for (i, n) in networks.iter().enumerate() {
-                    let a = Attachment {
-                        ifname: format!("net{}", i + 1),
-                        ..att.clone()
-                    };
-                    r.rt.add_list(&self.nad_list(n), &a)?;
-                }
-                Ok(())
-            }
+            None => lists
+                .iter()
+                .try_for_each(|(l, a)| r.rt.add_list(l, a).map(|_| ())),
         });
         res.expect("host namespace")
             .unwrap_or_else(|e| panic!("ADD: {e}"));
@@ -258,20 +306,16 @@ impl Bench {
     }
 
     fn del(&self, r: &Runner, att: &Attachment, networks: &[String]) -> Duration {
+        let lists = self.delegates(r, att, networks);
         let t = Instant::now();
         let res = self.node.world.host.run(|| match &r.list {
             Some(l) => r.rt.del_list_with(l, att, None),
-            None => {
-                for (i, n) in networks.iter().enumerate().rev() {
-                    let a = Attachment {
-                        ifname: format!("net{}", i + 1),
-                        ..att.clone()
-                    };
-                    r.rt.del_list_with(&self.nad_list(n), &a, None)?;
-                }
-                r.rt.del_list_with(&self.cluster_list(), att, None)
-            }
+            None => lists
+                .iter()
+                .rev()
+                .try_for_each(|(l, a)| r.rt.del_list_with(l, a, None)),
         });
+
         res.expect("host namespace")
             .unwrap_or_else(|e| panic!("DEL: {e}"));
         t.elapsed()
@@ -299,36 +343,53 @@ fn latency(
     let mut out = BTreeMap::new();
     let mut cases: Vec<(usize, Kind)> = Vec::new();
     for &k in &args.networks {
-        if k == 0 {
-            cases.push((0, Kind::Bridge));
-        } else {
-            cases.extend([(k, Kind::Bridge), (k, Kind::Macvlan)]);
-            if k >= 2 {
-                cases.push((k, Kind::Mixed));
-            }
+        cases.push((k, Kind::Noop));
+        cases.push((k, Kind::Bridge));
+        if k >= 1 {
+            cases.push((k, Kind::Macvlan));
+        }
+        if k >= 2 {
+            cases.push((k, Kind::Mixed));
         }
     }
-    for &mode in modes {
-        let r = b.runner(mode, other);
-        for &(k, kind) in &cases {
-            let nets = kind.networks(k);
-            let (mut adds, mut dels) = (Vec::new(), Vec::new());
-            // One warm-up pod, not counted (page cache, first exec of each plugin).
+    for &(k, kind) in &cases {
+        let nets = kind.networks(k);
+        // The other meta-plugin's configuration names the bridge cluster network.
+        let modes: Vec<Mode> = modes
+            .iter()
+            .copied()
+            .filter(|m| !(kind == Kind::Noop && *m == Mode::Other))
+            .collect();
+        let runners: Vec<Runner> = modes.iter().map(|&m| b.runner(m, kind, other)).collect();
+        // One warm-up pod per mode, not counted (page cache, first exec of each plugin).
+        for r in &runners {
             let att = b.pod(0, &nets);
-            b.add(&r, &att, &nets);
-            b.del(&r, &att, &nets);
-            // Pods exist before their sandbox is set up, as with a real scheduler and kubelet.
-            let atts: Vec<Attachment> = (0..args.pods).map(|_| b.pod(0, &nets)).collect();
-            std::thread::sleep(Duration::from_millis(300));
-            for att in atts {
-                adds.push(ms(b.add(&r, &att, &nets)));
-                dels.push(ms(b.del(&r, &att, &nets)));
+            b.add(r, &att, &nets);
+            b.del(r, &att, &nets);
+        }
+        // Pods exist before their sandbox is set up, as with a real scheduler and kubelet.
+        let atts: Vec<Vec<Attachment>> = runners
+            .iter()
+            .map(|_| (0..args.pods).map(|_| b.pod(0, &nets)).collect())
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut samples = vec![(Vec::new(), Vec::new()); runners.len()];
+        for i in 0..args.pods {
+            // The modes take turns, in a rotating order, so that a slow spell of the
+            // machine falls on all of them alike.
+            for j in 0..runners.len() {
+                let m = (i + j) % runners.len();
+                let att = &atts[m][i];
+                samples[m].0.push(ms(b.add(&runners[m], att, &nets)));
+                samples[m].1.push(ms(b.del(&runners[m], att, &nets)));
             }
-            b.leak_check(0..1);
+        }
+        b.leak_check(0..1);
+        for (mode, (adds, dels)) in modes.iter().zip(samples) {
             eprintln!(
-                "latency {} {k} {}: ADD median {:.1} ms",
-                mode.name(),
+                "latency {k} {} {}: ADD median {:.1} ms",
                 kind.name(),
+                mode.name(),
                 summarize(&adds).median
             );
             out.insert((k, kind, mode.name()), (summarize(&adds), summarize(&dels)));
@@ -353,7 +414,7 @@ fn churn(
     inflight: usize,
     rss_peak: Option<(&AtomicBool, u32, &AtomicU64)>,
 ) -> ChurnResult {
-    let r = b.runner(mode, &None);
+    let r = b.runner(mode, Kind::Bridge, &None);
     let nets = vec!["churn".to_string()];
     let atts: Vec<Attachment> = (0..args.churn_pods).map(|j| b.pod(j + 1, &nets)).collect();
     std::thread::sleep(Duration::from_millis(300));
@@ -434,7 +495,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 type ApiCounts = [(usize, usize, usize); 2];
 
 fn api_requests(b: &Bench, mode: Mode) -> ApiCounts {
-    let r = b.runner(mode, &None);
+    let r = b.runner(mode, Kind::Bridge, &None);
     let nets = vec!["b1".to_string()];
     let att = b.pod(0, &nets);
     std::thread::sleep(Duration::from_millis(300)); // the daemon's watch has the pod
@@ -497,6 +558,8 @@ fn main() {
         _ => None,
     };
     let daemon = Daemon::start(&b.node, json!({}));
+    // The daemon of the no-op kind (its cluster network is the no-op plugin).
+    let noop_daemon = Daemon::start_named(&b.node, "noop", json!({"delegates": [noop_cluster()]}));
     std::thread::sleep(Duration::from_secs(2));
     let (idle_rss, idle_cpu0) = (daemon.rss_kib(), cpu_seconds(daemon.pid()));
     std::thread::sleep(Duration::from_secs(3));
@@ -528,6 +591,7 @@ fn main() {
         (Mode::Thick, api_requests(&b, Mode::Thick)),
     ];
     daemon.stop();
+    noop_daemon.stop();
     report(
         &args,
         &lat,
