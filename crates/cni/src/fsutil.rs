@@ -21,6 +21,54 @@ pub fn write_replace(
     dir_mode: u32,
     durable: bool,
 ) -> std::io::Result<()> {
+    write_renamed(path, bytes, mode, dir_mode, durable)?;
+    if durable {
+        std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A write that readers already see and that is being made durable on another thread.
+#[must_use = "wait() tells whether the write reached the disk"]
+pub struct Syncing(std::thread::JoinHandle<std::io::Result<()>>);
+
+impl Syncing {
+    /// Waits until the file and its directory entry are on disk.
+    pub fn wait(self) -> std::io::Result<()> {
+        self.0
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("fsync thread panicked")))
+    }
+}
+
+/// Like [`write_atomic`], but returns as soon as readers see the new content (after the
+/// rename); the fsync of the file and of its directory runs on another thread, so the
+/// caller can work meanwhile and [`Syncing::wait`] before it depends on durability.
+/// Until then a crash of the machine (not of the process) may leave the old content,
+/// none, or an empty file.
+pub fn write_then_sync(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    dir_mode: u32,
+) -> std::io::Result<Syncing> {
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let file = write_renamed(path, bytes, mode, dir_mode, false)?;
+    Ok(Syncing(std::thread::spawn(move || {
+        file.sync_all()?;
+        std::fs::File::open(&dir)?.sync_all()
+    })))
+}
+
+/// Writes a temporary file (fsynced first with `sync`) and renames it over `path`;
+/// returns the written file.
+fn write_renamed(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    dir_mode: u32,
+    sync: bool,
+) -> std::io::Result<std::fs::File> {
     let dir = path.parent().unwrap_or(Path::new("."));
     create_dir_all_mode(dir, dir_mode)?;
     let name = path
@@ -39,14 +87,11 @@ pub fn write_replace(
             .open(&tmp)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(bytes)?;
-        if durable {
+        if sync {
             f.sync_all()?;
         }
         std::fs::rename(&tmp, path)?;
-        if durable {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        Ok(f)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -87,5 +132,21 @@ mod tests {
         assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
         remove_if_exists(&p).unwrap();
         remove_if_exists(&p).unwrap();
+    }
+
+    #[test]
+    fn write_then_sync_is_visible_before_the_wait() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s/state.json");
+        let syncing = write_then_sync(&p, b"first", 0o600, 0o700).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"first");
+        syncing.wait().unwrap();
+        write_then_sync(&p, b"second", 0o600, 0o700)
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"second");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
     }
 }

@@ -296,7 +296,6 @@ impl Daemon {
         let config_path = dir.join("daemon-config.json");
         std::fs::write(&config_path, cfg.to_string()).expect("daemon config");
         let log = dir.join("plexusd.log");
-
         let bin = plexus_bin().with_file_name("plexusd");
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = node

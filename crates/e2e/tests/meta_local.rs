@@ -290,6 +290,35 @@ fn del_and_check_without_the_nad() {
 }
 
 #[test]
+fn del_after_a_state_file_cut_short_plans_again() {
+    // What a crash of the machine can leave of a state file that had not reached the disk.
+    let n = node(1);
+    std_nads(&n);
+    let cid = unique("cid");
+    let att = n.attachment(0, &cid, "demo", "p", &[("PLEXUS_NETWORKS", "br")]);
+    n.add(&att).unwrap();
+    let state = n
+        .world
+        .subdir("cni")
+        .join("plexus")
+        .join(format!("{cid}.json"));
+    std::fs::write(&state, b"").unwrap();
+    n.del(&att).unwrap();
+    assert_eq!(links(n.world.ctr(0)), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    // Without the NAD only the cluster network can be planned again: it is deleted,
+    // the unreadable file goes, the DEL succeeds.
+    n.add(&att).unwrap();
+    std::fs::write(&state, b"{\"version\":").unwrap();
+    for f in files_below(&n.world.subdir("nads")) {
+        std::fs::remove_file(f).unwrap();
+    }
+    n.del(&att).unwrap();
+    assert_eq!(links(n.world.ctr(0)), ["lo", "net1"]);
+    assert!(!state.exists());
+}
+
+#[test]
 fn bad_annotations_and_missing_nads_leave_nothing() {
     let n = node(1);
     std_nads(&n);

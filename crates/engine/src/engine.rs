@@ -224,7 +224,9 @@ impl Engine {
             pod_uid: pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default(),
             attachments: planned.iter().map(to_state).collect(),
         };
-        self.state.save(&st)?;
+        // Every planned attachment is on file before the first delegate runs; it reaches
+        // the disk while the delegates work, and the ADD succeeds only once it has.
+        let syncing = self.state.save_then_sync(&st)?;
         let rt = self.runtime(&req.cni_path);
         let mut added: Vec<Added> = Vec::with_capacity(planned.len());
         for (i, p) in planned.into_iter().enumerate() {
@@ -235,6 +237,9 @@ impl Engine {
                 }
                 Err(e) => return Err(self.rollback(&rt, &mut st, e)),
             }
+        }
+        if let Err(e) = syncing.wait() {
+            return Err(self.rollback(&rt, &mut st, e));
         }
         if let Err(e) = self.finish_add(&rt, &netns, &mut st, &mut added, pod.as_ref()) {
             return Err(self.rollback(&rt, &mut st, e));
@@ -304,7 +309,8 @@ impl Engine {
                 }
             }
         }
-        self.state.save(st)?;
+        // The results: DEL does not need them, so this write need not wait for the disk.
+        self.state.update(st)?;
         let Some(pod) = pod else { return Ok(()) };
         let Some(cluster) = &self.cluster else {
             return Ok(());
@@ -437,13 +443,21 @@ impl Engine {
             tracing::warn!(file = %self.conf.readiness_indicator_file, "readiness indicator file missing; deleting anyway");
         }
         let rt = self.runtime(&req.cni_path);
-        let mut st = match self.state.load(&req.container_id)? {
+        let loaded = match self.state.load(&req.container_id) {
+            // A state cut short by a crash of the machine must not wedge the pod's deletion.
+            Err(e) if e.code == code::DECODING_FAILURE => {
+                tracing::error!(error = %e, container = %req.container_id, "DEL: unreadable state; planning again from the pod");
+                None
+            }
+            other => other?,
+        };
+        let mut st = match loaded {
             Some(s) => s,
             None => match self.recompute_state(req) {
                 Some(s) => s,
                 None => {
                     tracing::info!(container = %req.container_id, "DEL: no state and no pod; nothing to delete");
-                    return Ok(());
+                    return self.state.remove(&req.container_id);
                 }
             },
         };

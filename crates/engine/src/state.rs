@@ -63,6 +63,22 @@ pub struct PodState {
     pub attachments: Vec<AttachmentState>,
 }
 
+/// A state write on its way to the disk.
+#[must_use = "wait() tells whether the state reached the disk"]
+pub struct StateSync {
+    path: PathBuf,
+    syncing: fsutil::Syncing,
+}
+
+impl StateSync {
+    /// Waits until the state is durable.
+    pub fn wait(self) -> Result<()> {
+        self.syncing
+            .wait()
+            .map_err(|e| StateStore::write_error(&self.path, e))
+    }
+}
+
 /// The directory of state files (`<cniDir>/plexus`).
 #[derive(Debug, Clone)]
 pub struct StateStore {
@@ -83,12 +99,37 @@ impl StateStore {
         Ok(self.dir.join(format!("{container_id}.json")))
     }
 
-    /// Writes atomically (0600, directory 0700).
-    pub fn save(&self, s: &PodState) -> Result<()> {
+    fn bytes(&self, s: &PodState) -> Result<(PathBuf, Vec<u8>)> {
         let path = self.path(&s.container_id)?;
         let bytes = serde_json::to_vec(s).map_err(|e| CniError::internal(e.to_string()))?;
-        fsutil::write_atomic(&path, &bytes, 0o600, 0o700)
-            .map_err(|e| CniError::io(format!("cannot write state {}: {e}", path.display())))
+        Ok((path, bytes))
+    }
+
+    fn write_error(path: &Path, e: std::io::Error) -> CniError {
+        CniError::io(format!("cannot write state {}: {e}", path.display()))
+    }
+
+    /// Writes atomically and durably (0600, directory 0700).
+    pub fn save(&self, s: &PodState) -> Result<()> {
+        let (path, bytes) = self.bytes(s)?;
+        fsutil::write_atomic(&path, &bytes, 0o600, 0o700).map_err(|e| Self::write_error(&path, e))
+    }
+
+    /// Writes atomically; a DEL after a crash of the process sees it at once. It becomes
+    /// durable on another thread: [`StateSync::wait`] before depending on that.
+    pub fn save_then_sync(&self, s: &PodState) -> Result<StateSync> {
+        let (path, bytes) = self.bytes(s)?;
+        let syncing = fsutil::write_then_sync(&path, &bytes, 0o600, 0o700)
+            .map_err(|e| Self::write_error(&path, e))?;
+        Ok(StateSync { path, syncing })
+    }
+
+    /// Writes atomically, without waiting for the disk: for updates whose loss in a
+    /// crash of the machine is harmless (a durable version already names every attachment).
+    pub fn update(&self, s: &PodState) -> Result<()> {
+        let (path, bytes) = self.bytes(s)?;
+        fsutil::write_replace(&path, &bytes, 0o600, 0o700, false)
+            .map_err(|e| Self::write_error(&path, e))
     }
 
     /// Reads a container's state; `None` when there is none. A corrupt file is an error (code 6).

@@ -29,6 +29,13 @@ struct Args {
     /// Secondary networks per pod to measure.
     #[arg(long, value_delimiter = ',', default_value = "0,1,3,8")]
     networks: Vec<usize>,
+    /// Kinds of networks to measure: noop, bridge, macvlan, mixed.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "noop,bridge,macvlan,mixed"
+    )]
+    kinds: Vec<String>,
     /// Pods in flight for the churn runs.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
     concurrency: Vec<usize>,
@@ -70,6 +77,15 @@ enum Kind {
 }
 
 impl Kind {
+    /// Its name in `--kinds`.
+    fn key(self) -> &'static str {
+        match self {
+            Kind::Noop => "noop",
+            Kind::Bridge => "bridge",
+            Kind::Macvlan => "macvlan",
+            Kind::Mixed => "mixed",
+        }
+    }
     fn name(self) -> &'static str {
         match self {
             Kind::Noop => "no-op delegates",
@@ -315,7 +331,6 @@ impl Bench {
                 .rev()
                 .try_for_each(|(l, a)| r.rt.del_list_with(l, a, None)),
         });
-
         res.expect("host namespace")
             .unwrap_or_else(|e| panic!("DEL: {e}"));
         t.elapsed()
@@ -352,6 +367,7 @@ fn latency(
             cases.push((k, Kind::Mixed));
         }
     }
+    cases.retain(|(_, kind)| args.kinds.iter().any(|n| n == kind.key()));
     for &(k, kind) in &cases {
         let nets = kind.networks(k);
         // The other meta-plugin's configuration names the bridge cluster network.
