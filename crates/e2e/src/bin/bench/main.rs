@@ -384,18 +384,18 @@ fn latency(
             b.del(r, &att, &nets);
         }
         // Pods exist before their sandbox is set up, as with a real scheduler and kubelet.
-        let atts: Vec<Vec<Attachment>> = runners
-            .iter()
-            .map(|_| (0..args.pods).map(|_| b.pod(0, &nets)).collect())
+        // Round i has one pod per mode.
+        let rounds: Vec<Vec<Attachment>> = (0..args.pods)
+            .map(|_| runners.iter().map(|_| b.pod(0, &nets)).collect())
             .collect();
         std::thread::sleep(Duration::from_millis(300));
         let mut samples = vec![(Vec::new(), Vec::new()); runners.len()];
-        for i in 0..args.pods {
+        for (i, round) in rounds.iter().enumerate() {
             // The modes take turns, in a rotating order, so that a slow spell of the
             // machine falls on all of them alike.
             for j in 0..runners.len() {
                 let m = (i + j) % runners.len();
-                let att = &atts[m][i];
+                let att = &round[m];
                 samples[m].0.push(ms(b.add(&runners[m], att, &nets)));
                 samples[m].1.push(ms(b.del(&runners[m], att, &nets)));
             }
