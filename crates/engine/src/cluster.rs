@@ -71,6 +71,18 @@ pub trait Cluster: Send + Sync {
             self.event(pod, *k, r, m);
         }
     }
+    /// What a successful ADD reports: the network-status (its failure fails the ADD),
+    /// then the events. Implementations may overlap the two.
+    fn report_add(
+        &self,
+        pod: &PodInfo,
+        status: &[NetworkStatus],
+        events: &[(EventType, String, String)],
+    ) -> Result<()> {
+        self.set_network_status(pod, status)?;
+        self.events(pod, events);
+        Ok(())
+    }
     /// Called after a successful DEL.
     fn pod_torn_down(&self, _namespace: &str, _name: &str) {}
 }

@@ -335,9 +335,6 @@ impl Engine {
                 },
             ));
         }
-        cluster
-            .set_network_status(pod, &statuses)
-            .map_err(|e| e.context(format!("pod \"{}\": writing network-status", pod.key())))?;
         let mut events = Vec::new();
         for a in added.iter().filter(|a| !a.planned.auxiliary) {
             let r = a.result.to_current();
@@ -353,8 +350,9 @@ impl Engine {
             );
             events.push((EventType::Normal, "AddedInterface".to_string(), msg));
         }
-        cluster.events(pod, &events);
-        Ok(())
+        cluster
+            .report_add(pod, &statuses, &events)
+            .map_err(|e| e.context(format!("pod \"{}\": writing network-status", pod.key())))
     }
 
     fn rollback(&self, rt: &Runtime, st: &mut PodState, cause: CniError) -> CniError {

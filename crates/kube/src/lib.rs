@@ -201,26 +201,22 @@ impl Cluster for KubeCluster {
     }
 
     fn events(&self, pod: &PodInfo, events: &[(EventType, String, String)]) {
-        // All of a pod's events at once: one round trip instead of one per attachment.
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &pod.namespace);
-        let pp = PostParams::default();
-        let objs: Vec<Event> = events
-            .iter()
-            .map(|(k, r, m)| event_object(pod, *k, r, m))
-            .collect();
-        let results = self.rt.block_on(async {
-            let posts = objs
-                .iter()
-                .map(|ev| tokio::time::timeout(self.timeout, api.create(&pp, ev)));
-            futures_util::future::join_all(posts).await
-        });
-        for r in results {
-            match r {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, pod = %pod.key(), "cannot record event"),
-                Err(_) => tracing::warn!(pod = %pod.key(), "event not recorded in time"),
-            }
-        }
+        let posts = self.spawn_events(pod, events);
+        self.wait_events(pod, posts);
+    }
+
+    fn report_add(
+        &self,
+        pod: &PodInfo,
+        status: &[NetworkStatus],
+        events: &[(EventType, String, String)],
+    ) -> Result<()> {
+        // The events go out while the status is written: the status write's block_on
+        // drives the spawned posts on this runtime too.
+        let posts = self.spawn_events(pod, events);
+        let written = self.set_network_status(pod, status);
+        self.wait_events(pod, posts);
+        written
     }
 
     fn event(&self, pod: &PodInfo, kind: EventType, reason: &str, message: &str) {
@@ -229,6 +225,46 @@ impl Cluster for KubeCluster {
         let pp = PostParams::default();
         if let Err(e) = self.call("event", || api.create(&pp, &ev)) {
             tracing::warn!(error = %e, pod = %pod.key(), reason, "cannot record event");
+        }
+    }
+}
+
+type EventPost = tokio::task::JoinHandle<
+    std::result::Result<std::result::Result<Event, kube::Error>, tokio::time::error::Elapsed>,
+>;
+
+impl KubeCluster {
+    /// Starts posting all of a pod's events at once (they run while this runtime is
+    /// driven, by [`KubeCluster::wait_events`] or any other call).
+    fn spawn_events(
+        &self,
+        pod: &PodInfo,
+        events: &[(EventType, String, String)],
+    ) -> Vec<EventPost> {
+        events
+            .iter()
+            .map(|(k, r, m)| {
+                let api: Api<Event> = Api::namespaced(self.client.clone(), &pod.namespace);
+                let ev = event_object(pod, *k, r, m);
+                let limit = self.timeout;
+                self.rt.spawn(async move {
+                    tokio::time::timeout(limit, api.create(&PostParams::default(), &ev)).await
+                })
+            })
+            .collect()
+    }
+
+    /// Waits for the posts (each has its time limit); failures are logged, never returned.
+    fn wait_events(&self, pod: &PodInfo, posts: Vec<EventPost>) {
+        for r in self.rt.block_on(futures_util::future::join_all(posts)) {
+            match r {
+                Ok(Ok(Ok(_))) => {}
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(error = %e, pod = %pod.key(), "cannot record event")
+                }
+                Ok(Err(_)) => tracing::warn!(pod = %pod.key(), "event not recorded in time"),
+                Err(e) => tracing::warn!(error = %e, pod = %pod.key(), "event task failed"),
+            }
         }
     }
 }
