@@ -89,14 +89,33 @@ fn write_renamed(
         f.write_all(bytes)?;
         if sync {
             f.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+        } else {
+            replace_unsynced(&tmp, path)?;
         }
-        std::fs::rename(&tmp, path)?;
         Ok(f)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Renames `tmp` over `path`. ext4 (`auto_da_alloc`) writes an unsynced file out before
+/// a rename replaces another with it, which takes a fraction of a millisecond on the
+/// request path; exchanging the two names and removing the old one does not, and
+/// readers still see either content whole. Where the exchange is unsupported, or
+/// `path` does not exist yet, a plain rename.
+fn replace_unsynced(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+        if renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RenameFlags::RENAME_EXCHANGE).is_ok() {
+            // `tmp` now names the old content.
+            return std::fs::remove_file(tmp);
+        }
+    }
+    std::fs::rename(tmp, path)
 }
 
 /// `mkdir -p` with `mode` for the directories it creates.
