@@ -9,7 +9,7 @@ use clap::Parser;
 use plexus_cni::config::NetworkConfigList;
 use plexus_cni::runtime::{Attachment, Runtime};
 use plexus_e2e::meta::{nad_object, pod_object, Daemon, Node};
-use plexus_e2e::{links, unique};
+use plexus_e2e::{files_below, links, unique};
 use plexus_testapi::{Resource, TestApiServer};
 use serde_json::{json, Value};
 use stats::{ms, summarize, Summary};
@@ -239,7 +239,7 @@ impl Bench {
                 return Runner {
                     // The plugins' directories, the reference plugins' first (as
                     // Plexus's binDir is searched first).
-                    rt: Runtime::new(paths, None),
+                    rt: self.runtime(paths),
                     list: None,
                     cluster,
                 };
@@ -259,10 +259,16 @@ impl Bench {
         )
         .expect("conflist");
         Runner {
-            rt: Runtime::new(paths, None),
+            rt: self.runtime(paths),
             list: Some(list),
             cluster,
         }
+    }
+
+    /// The container runtime: like containerd or CRI-O through libcni, it keeps the
+    /// result of every network it executes in libcni's cache.
+    fn runtime(&self, paths: Vec<PathBuf>) -> Runtime {
+        Runtime::new(paths, Some(self.node.world.subdir("runtime-cache")))
     }
 
     fn nad_list(&self, name: &str) -> NetworkConfigList {
@@ -325,11 +331,11 @@ impl Bench {
         let lists = self.delegates(r, att, networks);
         let t = Instant::now();
         let res = self.node.world.host.run(|| match &r.list {
-            Some(l) => r.rt.del_list_with(l, att, None),
+            Some(l) => r.rt.del_list(l, att),
             None => lists
                 .iter()
                 .rev()
-                .try_for_each(|(l, a)| r.rt.del_list_with(l, a, None)),
+                .try_for_each(|(l, a)| r.rt.del_list(l, a)),
         });
         res.expect("host namespace")
             .unwrap_or_else(|e| panic!("DEL: {e}"));
@@ -344,17 +350,13 @@ impl Bench {
                 "interfaces left in pod {i}"
             );
         }
-        let left = self.node.leftovers();
+        let mut left = self.node.leftovers();
+        left.extend(files_below(&self.node.world.subdir("runtime-cache")));
         assert!(left.is_empty(), "left behind: {left:?}");
     }
 }
 
-fn latency(
-    b: &Bench,
-    args: &Args,
-    modes: &[Mode],
-    other: &Option<(PathBuf, Value)>,
-) -> BTreeMap<(usize, Kind, &'static str), (Summary, Summary)> {
+fn latency(b: &Bench, args: &Args, modes: &[Mode], other: &Option<(PathBuf, Value)>) -> Latencies {
     let mut out = BTreeMap::new();
     let mut cases: Vec<(usize, Kind)> = Vec::new();
     for &k in &args.networks {
@@ -408,10 +410,44 @@ fn latency(
                 mode.name(),
                 summarize(&adds).median
             );
-            out.insert((k, kind, mode.name()), (summarize(&adds), summarize(&dels)));
+            out.insert((k, kind, mode.name()), Samples { adds, dels });
         }
     }
     out
+}
+
+/// One case's latencies of one mode, in round order.
+#[derive(Default)]
+struct Samples {
+    adds: Vec<f64>,
+    dels: Vec<f64>,
+}
+
+impl Samples {
+    fn add(&self) -> Summary {
+        summarize(&self.adds)
+    }
+    fn del(&self) -> Summary {
+        summarize(&self.dels)
+    }
+}
+
+type Latencies = BTreeMap<(usize, Kind, &'static str), Samples>;
+
+/// The median of the per-round differences `m[i] - b[i]`.
+fn paired_median(m: &[f64], b: &[f64]) -> f64 {
+    let d: Vec<f64> = m.iter().zip(b).map(|(x, y)| x - y).collect();
+    if d.is_empty() {
+        return 0.0;
+    }
+    let mut v = d;
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 struct ChurnResult {
@@ -626,7 +662,7 @@ fn main() {
 
 fn report(
     args: &Args,
-    lat: &BTreeMap<(usize, Kind, &'static str), (Summary, Summary)>,
+    lat: &Latencies,
     churns: &[ChurnResult],
     api: &[(Mode, ApiCounts)],
     mem: (u64, f64, u64, u64, f64),
@@ -640,7 +676,8 @@ fn report(
         "| networks | kind | mode | ADD median | p90 | p99 | max | DEL median | p90 | p99 | max |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for ((k, kind, mode), (a, d)) in lat {
+    for ((k, kind, mode), sm) in lat {
+        let (a, d) = (sm.add(), sm.del());
         println!(
             "| {k} | {} | {mode} | {} | {} |",
             kind.name(),
@@ -648,7 +685,11 @@ fn report(
             d.cells()
         );
     }
-    println!("\n## Overhead over the delegates alone (median ms)\n");
+    println!("\n## Overhead over the delegates alone (ms)\n");
+    println!(
+        "Median of the mode minus median of the delegates alone; in brackets the median of the"
+    );
+    println!("per-round differences (each round runs one pod of every mode back to back).\n");
     println!(
         "| networks | kind | thin ADD | thin DEL | thick ADD | thick DEL |{}",
         if with_other {
@@ -668,22 +709,30 @@ fn report(
         .into_iter()
         .collect();
     for (k, kind) in keys {
-        let get = |m: Mode| lat.get(&(k, kind, m.name())).copied().unwrap_or_default();
+        let none = Samples::default();
+        let get = |m: Mode| lat.get(&(k, kind, m.name())).unwrap_or(&none);
         let (base, thin, thick) = (get(Mode::Baseline), get(Mode::Thin), get(Mode::Thick));
+        let cell = |m: &[f64], b: &[f64]| {
+            format!(
+                "{:+.1} ({:+.1})",
+                summarize(m).median - summarize(b).median,
+                paired_median(m, b)
+            )
+        };
         print!(
-            "| {k} | {} | {:+.1} | {:+.1} | {:+.1} | {:+.1} |",
+            "| {k} | {} | {} | {} | {} | {} |",
             kind.name(),
-            thin.0.median - base.0.median,
-            thin.1.median - base.1.median,
-            thick.0.median - base.0.median,
-            thick.1.median - base.1.median
+            cell(&thin.adds, &base.adds),
+            cell(&thin.dels, &base.dels),
+            cell(&thick.adds, &base.adds),
+            cell(&thick.dels, &base.dels),
         );
         if with_other {
             let o = get(Mode::Other);
             print!(
-                " {:+.1} | {:.2} |",
-                o.0.median - base.0.median,
-                thin.0.median / o.0.median.max(0.001)
+                " {} | {:.2} |",
+                cell(&o.adds, &base.adds),
+                thin.add().median / o.add().median.max(0.001)
             );
         }
         println!();
@@ -752,7 +801,7 @@ fn report(
                 points: lat
                     .iter()
                     .filter(|((_, kind, mode), _)| *kind == Kind::Bridge && *mode == m.name())
-                    .map(|((k, _, _), (a, _))| (*k as f64, a.median))
+                    .map(|((k, _, _), sm)| (*k as f64, sm.add().median))
                     .collect(),
             })
             .filter(|s| !s.points.is_empty())
