@@ -162,7 +162,7 @@ fn json_keys_mac_cni_args_and_default_route() {
             .any(|x| x == "192.0.2.1")),
         "{st}"
     );
-    // The state holds the config with args.cni merged and the patched result.
+    // The state holds the config with args.cni merged; libcni's cache the patched result.
     let state: serde_json::Value = serde_json::from_slice(
         &std::fs::read(
             n.world
@@ -176,9 +176,16 @@ fn json_keys_mac_cni_args_and_default_route() {
         state["attachments"][1]["config"]["plugins"][0]["args"]["cni"]["foo"],
         "bar"
     );
-    let cluster_routes = state["attachments"][0]["result"]["routes"]
-        .as_array()
-        .unwrap();
+    let cached: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            n.world
+                .subdir("cni")
+                .join(format!("results/cluster-{}-eth0", att.container_id)),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let cluster_routes = cached["result"]["routes"].as_array().unwrap();
     assert!(
         !cluster_routes.iter().any(|r| r["dst"] == "0.0.0.0/0"),
         "cached result matches the kernel"

@@ -299,7 +299,7 @@ impl Engine {
         for i in changed {
             let a = &added[i];
             st.attachments[i].result = Some(a.result.to_current_value());
-            // Keep libcni's cache in step with the kernel, as the state is.
+            // Keep libcni's cache in step with the kernel: DEL and CHECK read results there.
             if let Some(cache) = &rt.cache {
                 if let Ok(Some(mut e)) =
                     cache.load(&a.planned.list.name, &st.container_id, &a.planned.ifname)
@@ -309,8 +309,6 @@ impl Engine {
                 }
             }
         }
-        // The results: DEL does not need them, so this write need not wait for the disk.
-        self.state.update(st)?;
         let Some(pod) = pod else { return Ok(()) };
         let Some(cluster) = &self.cluster else {
             return Ok(());
@@ -379,12 +377,13 @@ impl Engine {
             if !a.attempted {
                 continue;
             }
-            match self.del_one(rt, st, a) {
+            let prev = recorded_result(rt, &st.container_id, a);
+            match self.del_one(rt, st, a, prev.as_ref()) {
                 Ok(()) => {}
                 // An attachment whose ADD failed had to clean up after itself (CNI §4);
                 // its DEL is best effort, or a plugin that cannot DEL what it never
                 // made (macvlan without its master) would wedge the pod for ever.
-                Err(e) if a.result.is_none() => {
+                Err(e) if prev.is_none() => {
                     tracing::warn!(error = %e, network = %a.name, "DEL of an attachment whose ADD failed");
                 }
                 Err(e) => {
@@ -403,7 +402,13 @@ impl Engine {
         CniError::join(errors)
     }
 
-    fn del_one(&self, rt: &Runtime, st: &PodState, a: &AttachmentState) -> Result<()> {
+    fn del_one(
+        &self,
+        rt: &Runtime,
+        st: &PodState,
+        a: &AttachmentState,
+        prev: Option<&CniResult>,
+    ) -> Result<()> {
         let ctx =
             |e: CniError| e.context(format!("network \"{}\" (interface {:?})", a.name, a.ifname));
         let list = NetworkConfigList::from_value(a.config.clone()).map_err(ctx)?;
@@ -415,11 +420,7 @@ impl Engine {
             CniArgs(a.cni_args.clone()),
             a.capability_args.clone(),
         );
-        let prev = a
-            .result
-            .as_ref()
-            .and_then(|v| CniResult::from_value(v).ok());
-        rt.del_list_with(&list, &att, prev.as_ref()).map_err(ctx)?;
+        rt.del_list_with(&list, &att, prev).map_err(ctx)?;
         if let Some(cache) = &rt.cache {
             cache.remove(&list.name, &st.container_id, &a.ifname)?;
         }
@@ -520,14 +521,9 @@ impl Engine {
             };
             let run = || -> Result<()> {
                 let list = NetworkConfigList::from_value(a.config.clone())?;
-                let prev = a
-                    .result
-                    .as_ref()
-                    .map(CniResult::from_value)
-                    .transpose()?
-                    .ok_or_else(|| {
-                        CniError::new(code::UNKNOWN_CONTAINER, "no ADD result recorded")
-                    })?;
+                let prev = recorded_result(&rt, &st.container_id, a).ok_or_else(|| {
+                    CniError::new(code::UNKNOWN_CONTAINER, "no ADD result recorded")
+                })?;
                 if !plexus_cni::version::Version::parse(&list.cni_version)?.at_least("0.4.0") {
                     return Ok(()); // CHECK does not exist before 0.4.0.
                 }
@@ -656,6 +652,23 @@ impl Engine {
         }
         CniError::join(errors)
     }
+}
+
+/// An attachment's ADD result: the one in memory during an ADD (and in state files that
+/// carry results), else the one in libcni's result cache of `cniDir`, where the runtime
+/// put it. `None`: its ADD never completed.
+fn recorded_result(rt: &Runtime, container_id: &str, a: &AttachmentState) -> Option<CniResult> {
+    if let Some(r) = a
+        .result
+        .as_ref()
+        .and_then(|v| CniResult::from_value(v).ok())
+    {
+        return Some(r);
+    }
+    let cache = rt.cache.as_ref()?;
+    let network = a.config.get("name").and_then(Value::as_str)?;
+    let entry = cache.load(network, container_id, &a.ifname).ok()??;
+    entry.result.and_then(|v| CniResult::from_value(&v).ok())
 }
 
 fn to_state(p: &Planned) -> AttachmentState {

@@ -32,7 +32,9 @@ pub struct AttachmentState {
     /// ADD was attempted (it may have failed part-way: DEL must run).
     #[serde(default)]
     pub attempted: bool,
-    /// The final ADD result (1.1.0 shape), once ADD succeeded.
+    /// The final ADD result (1.1.0 shape), once ADD succeeded: set in memory during the
+    /// ADD; the file is written once, before the delegates, and DEL and CHECK read the
+    /// results from libcni's result cache.
     #[serde(default)]
     pub result: Option<Value>,
     /// The CNI device-info file, removed on DEL.
@@ -122,14 +124,6 @@ impl StateStore {
         let syncing = fsutil::write_then_sync(&path, &bytes, 0o600, 0o700)
             .map_err(|e| Self::write_error(&path, e))?;
         Ok(StateSync { path, syncing })
-    }
-
-    /// Writes atomically, without waiting for the disk: for updates whose loss in a
-    /// crash of the machine is harmless (a durable version already names every attachment).
-    pub fn update(&self, s: &PodState) -> Result<()> {
-        let (path, bytes) = self.bytes(s)?;
-        fsutil::write_replace(&path, &bytes, 0o600, 0o700, false)
-            .map_err(|e| Self::write_error(&path, e))
     }
 
     /// Reads a container's state; `None` when there is none. A corrupt file is an error (code 6).
