@@ -258,20 +258,10 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts plexusd with the node's engine keys plus `extra` daemon keys, and waits until ready.
+    /// Starts plexusd with the node's engine keys plus `extra` daemon keys (a key whose
+    /// value is null is removed), and waits until ready.
     pub fn start(node: &Node, extra: Value) -> Daemon {
-        Self::start_named(node, "", extra)
-    }
-
-    /// As [`Daemon::start`], for a second daemon of the node: its socket directory is
-    /// `run-<name>` and its files are in `daemon-<name>` (`name` empty: the first daemon).
-    pub fn start_named(node: &Node, name: &str, extra: Value) -> Daemon {
-        let suffix = if name.is_empty() {
-            String::new()
-        } else {
-            format!("-{name}")
-        };
-        let socket_dir = node.world.subdir(&format!("run{suffix}"));
+        let socket_dir = node.world.subdir("run");
         let mut cfg = node.conf.clone();
         let obj = cfg.as_object_mut().expect("config object");
         obj.remove("type");
@@ -282,6 +272,9 @@ impl Daemon {
         if let Some(e) = extra.as_object() {
             for (k, v) in e {
                 match (obj.get_mut(k), v) {
+                    (_, Value::Null) => {
+                        obj.remove(k);
+                    }
                     // `plexus` keys are merged, not replaced.
                     (Some(Value::Object(mine)), Value::Object(theirs)) => {
                         mine.extend(theirs.clone())
@@ -292,7 +285,7 @@ impl Daemon {
                 }
             }
         }
-        let dir = node.world.subdir(&format!("daemon{suffix}"));
+        let dir = node.world.subdir("daemon");
         let config_path = dir.join("daemon-config.json");
         std::fs::write(&config_path, cfg.to_string()).expect("daemon config");
         let log = dir.join("plexusd.log");

@@ -118,7 +118,7 @@ struct Bench {
     nad_configs: BTreeMap<String, Value>,
     thin_conf: Value,
     shim_conf: Value,
-    /// The same with the no-op cluster network (thick: a second daemon, started in main).
+    /// The same with the no-op cluster network.
     noop_thin_conf: Value,
     noop_shim_conf: Value,
     counter: AtomicUsize,
@@ -178,11 +178,14 @@ fn setup(args: &Args) -> Bench {
         api.put(Resource::Pods, p);
     }
     let thin_conf = node.conf.clone();
-    let shim_conf = node.shim_conf();
+    // The daemon's configuration has no cluster network: it comes with each request,
+    // from the configuration the runtime reads (the bridge one, or the no-op one).
+    let mut shim_conf = node.shim_conf();
+    shim_conf["delegates"] = thin_conf["delegates"].clone();
     let mut noop_thin_conf = thin_conf.clone();
     noop_thin_conf["delegates"] = json!([noop_cluster()]);
-    let noop_shim_conf = json!({"type": "plexus-shim", "daemonSocketDir": node.world.subdir("run-noop"),
-                                "plexus": {"shimWaitSeconds": 1}});
+    let mut noop_shim_conf = shim_conf.clone();
+    noop_shim_conf["delegates"] = json!([noop_cluster()]);
     Bench {
         node,
         api,
@@ -609,9 +612,7 @@ fn main() {
         }
         _ => None,
     };
-    let daemon = Daemon::start(&b.node, json!({}));
-    // The daemon of the no-op kind (its cluster network is the no-op plugin).
-    let noop_daemon = Daemon::start_named(&b.node, "noop", json!({"delegates": [noop_cluster()]}));
+    let daemon = Daemon::start(&b.node, json!({"delegates": null}));
     std::thread::sleep(Duration::from_secs(2));
     let (idle_rss, idle_cpu0) = (daemon.rss_kib(), cpu_seconds(daemon.pid()));
     std::thread::sleep(Duration::from_secs(3));
@@ -643,7 +644,6 @@ fn main() {
         (Mode::Thick, api_requests(&b, Mode::Thick)),
     ];
     daemon.stop();
-    noop_daemon.stop();
     report(
         &args,
         &lat,
