@@ -238,15 +238,13 @@ impl DaemonPlugin<'_> {
 impl Plugin for DaemonPlugin<'_> {
     fn add(&self, req: &Request) -> plexus_cni::Result<CniResult> {
         let engine = self.engine(req)?;
-        let r = engine.add(&plexus_engine::Request::from_cni(req))?;
-        if let Ok(Some(s)) = engine.state().load(&req.container_id) {
-            for a in s.attachments {
-                self.st
-                    .metrics
-                    .attachments
-                    .get_or_create(&NetworkLabels { network: a.name })
-                    .inc();
-            }
+        let (r, networks) = engine.add_networks(&plexus_engine::Request::from_cni(req))?;
+        for network in networks {
+            self.st
+                .metrics
+                .attachments
+                .get_or_create(&NetworkLabels { network })
+                .inc();
         }
         Ok(r)
     }

@@ -166,6 +166,11 @@ impl Engine {
     /// ADD: attaches the default network, then every selected network, in order; on
     /// any failure DELs what was attempted, in reverse, and leaves nothing behind.
     pub fn add(&self, req: &Request) -> Result<CniResult> {
+        self.add_networks(req).map(|(r, _)| r)
+    }
+
+    /// [`Engine::add`], also returning the names of the networks attached, in order.
+    pub fn add_networks(&self, req: &Request) -> Result<(CniResult, Vec<String>)> {
         validate::container_id(&req.container_id)?;
         validate::env_ifname(&req.ifname)?;
         let netns_path = req
@@ -180,7 +185,8 @@ impl Engine {
         if let (Some((ns, name)), None, Some(_)) = (req.pod_ref(), &pod, &self.cluster) {
             // The pod is already gone: nothing will use this sandbox (Multus does the same).
             tracing::warn!(pod = %format!("{ns}/{name}"), "pod not found, returning an empty result");
-            return empty_result(&self.conf.cni_version, &req.ifname, &netns_path);
+            return empty_result(&self.conf.cni_version, &req.ifname, &netns_path)
+                .map(|r| (r, vec![]));
         }
         if let (Some(p), Some(uid)) = (&pod, req.args.get("K8S_POD_UID")) {
             if !uid.is_empty() && !p.uid.is_empty() && p.uid != uid && !p.is_static() {
@@ -244,10 +250,11 @@ impl Engine {
         if let Err(e) = self.finish_add(&rt, &netns, &mut st, &mut added, pod.as_ref()) {
             return Err(self.rollback(&rt, &mut st, e));
         }
-        let master = &added[0].result;
-        master
+        let master = added[0]
+            .result
             .convert_to(&self.conf.cni_version)
-            .map_err(|e| e.context("converting the default network's result"))
+            .map_err(|e| e.context("converting the default network's result"))?;
+        Ok((master, added.into_iter().map(|a| a.planned.name).collect()))
     }
 
     fn add_one(&self, rt: &Runtime, req: &Request, netns: &str, p: &Planned) -> Result<Added> {
