@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
     about = "Plexus benchmarks: per-pod latency against the delegates alone, churn, daemon memory, API requests"
 )]
 struct Args {
-    /// Pods per latency measurement.
-    #[arg(long, default_value_t = 30)]
+    /// Pods per latency measurement (per mode).
+    #[arg(long, default_value_t = 40)]
     pods: usize,
     /// Secondary networks per pod to measure.
     #[arg(long, value_delimiter = ',', default_value = "0,1,3,8")]
