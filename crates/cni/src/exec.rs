@@ -2,15 +2,19 @@
 //! stdin/stdout/stderr handling and a timeout that kills the whole process group.
 
 use crate::error::{code, CniError, Result};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest stdout accepted from a plugin.
 pub const MAX_STDOUT: u64 = 16 << 20;
@@ -53,30 +57,129 @@ pub trait Exec: Send + Sync {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcessExec;
 
-fn read_capped(mut r: impl Read, cap: u64) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    r.by_ref().take(cap + 1).read_to_end(&mut buf)?;
-    // Drain the rest so the child never blocks on a full pipe.
-    std::io::copy(&mut r, &mut std::io::sink())?;
-    Ok(buf)
+/// What the pipes carried.
+struct Pumped {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    timed_out: bool,
 }
 
-fn read_tail(mut r: impl Read) -> Vec<u8> {
-    let mut all = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while let Ok(n) = r.read(&mut chunk) {
-        if n == 0 {
-            break;
-        }
-        all.extend_from_slice(&chunk[..n]);
-        if all.len() > 4 * STDERR_TAIL {
-            all.drain(..all.len() - STDERR_TAIL);
+fn nonblocking(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// Reads what is there; `Ok(false)` at end of file.
+fn drain(r: &mut impl Read, buf: &mut [u8], mut keep: impl FnMut(&[u8])) -> std::io::Result<bool> {
+    loop {
+        match r.read(buf) {
+            Ok(0) => return Ok(false),
+            Ok(n) => keep(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
-    if all.len() > STDERR_TAIL {
-        all.drain(..all.len() - STDERR_TAIL);
+}
+
+/// Writes `input` to the child's stdin and reads its stdout (up to `MAX_STDOUT` + 1
+/// bytes kept, the rest drained) and the tail of its stderr, all on this thread, until
+/// both outputs are closed or `deadline` passes. A child that exits without reading
+/// its stdin is not an error.
+fn pump(
+    stdin: ChildStdin,
+    mut stdout: ChildStdout,
+    mut stderr: ChildStderr,
+    input: &[u8],
+    deadline: Instant,
+) -> std::io::Result<Pumped> {
+    nonblocking(stdin.as_fd())?;
+    nonblocking(stdout.as_fd())?;
+    nonblocking(stderr.as_fd())?;
+    let mut stdin = (!input.is_empty()).then_some(stdin);
+    let mut written = 0;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (mut out_open, mut err_open) = (true, true);
+    let mut buf = vec![0u8; 64 << 10];
+    while out_open || err_open {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Pumped {
+                stdout: out,
+                stderr: err,
+                timed_out: true,
+            });
+        }
+        let ms = u16::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+        let readable = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
+        let (mut want_in, mut want_out, mut want_err) = (false, false, false);
+        {
+            let mut fds = Vec::with_capacity(3);
+            if let Some(s) = &stdin {
+                fds.push(PollFd::new(s.as_fd(), PollFlags::POLLOUT));
+            }
+            if out_open {
+                fds.push(PollFd::new(stdout.as_fd(), PollFlags::POLLIN));
+            }
+            if err_open {
+                fds.push(PollFd::new(stderr.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(0) | Err(Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let mut ready = fds
+                .iter()
+                .map(|f| f.revents().unwrap_or(PollFlags::empty()));
+            if stdin.is_some() {
+                want_in = ready.next().is_some_and(|r| !r.is_empty());
+            }
+            if out_open {
+                want_out = ready.next().is_some_and(|r| r.intersects(readable));
+            }
+            if err_open {
+                want_err = ready.next().is_some_and(|r| r.intersects(readable));
+            }
+        }
+        if want_in {
+            if let Some(s) = stdin.as_mut() {
+                match s.write(&input[written..]) {
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    // EPIPE and the like: the child does not read its stdin (any more).
+                    Err(_) => written = input.len(),
+                }
+                if written >= input.len() {
+                    stdin = None;
+                }
+            }
+        }
+        if want_out {
+            out_open = drain(&mut stdout, &mut buf, |b| {
+                let room = (MAX_STDOUT as usize + 1).saturating_sub(out.len());
+                out.extend_from_slice(&b[..b.len().min(room)]);
+            })?;
+        }
+        if want_err {
+            err_open = drain(&mut stderr, &mut buf, |b| {
+                err.extend_from_slice(b);
+                if err.len() > 4 * STDERR_TAIL {
+                    err.drain(..err.len() - STDERR_TAIL);
+                }
+            })?;
+        }
     }
-    all
+    if err.len() > STDERR_TAIL {
+        err.drain(..err.len() - STDERR_TAIL);
+    }
+    Ok(Pumped {
+        stdout: out,
+        stderr: err,
+        timed_out: false,
+    })
 }
 
 impl Exec for ProcessExec {
@@ -93,60 +196,54 @@ impl Exec for ProcessExec {
             .process_group(0)
             .spawn()
             .map_err(|e| CniError::internal(format!("cannot execute {shown}: {e}")))?;
+        let deadline = Instant::now() + req.timeout;
         let pid = Pid::from_raw(child.id() as i32);
-        let (Some(mut stdin), Some(stdout), Some(stderr)) =
+        let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
+            let _ = killpg(pid, Signal::SIGKILL);
+            let _ = child.wait();
             return Err(CniError::internal(format!("{shown}: child pipes missing")));
         };
+        // One thread waits for the exit; this one moves the bytes.
         let (tx, rx) = mpsc::channel();
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                // A plugin may exit without reading stdin: EPIPE is not our error.
-                let _ = stdin.write_all(req.stdin);
-            });
-            let out = s.spawn(move || read_capped(stdout, MAX_STDOUT));
-            let err = s.spawn(move || read_tail(stderr));
-            s.spawn(move || {
-                let _ = tx.send(child.wait());
-            });
-            let (status, timed_out) = match rx.recv_timeout(req.timeout) {
-                Ok(status) => (status, false),
-                Err(_) => {
-                    let _ = killpg(pid, Signal::SIGKILL);
-                    (
-                        rx.recv().unwrap_or_else(|_| Ok(ExitStatus::from_raw(9))),
-                        true,
-                    )
-                }
-            };
-            let stdout = out
-                .join()
-                .map_err(|_| CniError::internal("stdout reader panicked"))?;
-            let stderr = err.join().unwrap_or_default();
-            if timed_out {
-                return Err(CniError::new(
+        let waiter = std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        let pumped = pump(stdin, stdout, stderr, req.stdin, deadline);
+        let status = match &pumped {
+            Ok(p) if !p.timed_out => rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .ok(),
+            _ => None,
+        };
+        let Some(status) = status else {
+            let _ = killpg(pid, Signal::SIGKILL);
+            let _ = rx.recv();
+            let _ = waiter.join();
+            return Err(match pumped {
+                Err(e) => CniError::io(format!("talking to {shown}: {e}")),
+                Ok(_) => CniError::new(
                     code::TRY_AGAIN_LATER,
                     format!(
                         "{shown} did not finish within {:?} and was killed",
                         req.timeout
                     ),
-                ));
-            }
-            let status =
-                status.map_err(|e| CniError::internal(format!("waiting for {shown}: {e}")))?;
-            let stdout =
-                stdout.map_err(|e| CniError::io(format!("reading stdout of {shown}: {e}")))?;
-            if stdout.len() as u64 > MAX_STDOUT {
-                return Err(CniError::decode(format!(
-                    "{shown} printed more than {MAX_STDOUT} bytes"
-                )));
-            }
-            Ok(ExecOutput {
-                status,
-                stdout,
-                stderr,
-            })
+                ),
+            });
+        };
+        let _ = waiter.join();
+        let pumped = pumped.map_err(|e| CniError::io(format!("talking to {shown}: {e}")))?;
+        let status = status.map_err(|e| CniError::internal(format!("waiting for {shown}: {e}")))?;
+        if pumped.stdout.len() as u64 > MAX_STDOUT {
+            return Err(CniError::decode(format!(
+                "{shown} printed more than {MAX_STDOUT} bytes"
+            )));
+        }
+        Ok(ExecOutput {
+            status,
+            stdout: pumped.stdout,
+            stderr: pumped.stderr,
         })
     }
 }
@@ -224,6 +321,47 @@ mod tests {
         assert!(out.status.success());
         assert_eq!(String::from_utf8_lossy(&out.stdout), "y\nnone\n");
         assert_eq!(out.stderr, b"err\n");
+    }
+
+    fn run_sh(args: &str, stdin: &[u8]) -> Result<ExecOutput> {
+        ProcessExec.run(&ExecRequest {
+            binary: Path::new("/bin/sh"),
+            args: vec!["-c".into(), args.into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            stdin,
+            timeout: Duration::from_secs(20),
+        })
+    }
+
+    #[test]
+    fn large_input_and_output_do_not_deadlock() {
+        // The child writes 1 MiB before it reads its 1 MiB of stdin.
+        let input = vec![b'x'; 1 << 20];
+        let out = run_sh("head -c 1048576 /dev/zero; wc -c >&2", &input).unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout.len(), 1 << 20);
+        assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "1048576");
+    }
+
+    #[test]
+    fn a_child_that_never_reads_stdin_is_fine() {
+        let input = vec![b'x'; 1 << 20];
+        let out = run_sh("echo done; exit 3", &input).unwrap();
+        assert_eq!(
+            (out.status.code(), out.stdout.as_slice()),
+            (Some(3), &b"done\n"[..])
+        );
+    }
+
+    #[test]
+    fn only_the_stderr_tail_is_kept() {
+        let out = run_sh(
+            "head -c 100000 /dev/zero | tr '\\0' a >&2; echo end >&2",
+            b"",
+        )
+        .unwrap();
+        assert_eq!(out.stderr.len(), STDERR_TAIL);
+        assert!(out.stderr.ends_with(b"aaaa\nend\n") || out.stderr.ends_with(b"end\n"));
     }
 
     #[test]
