@@ -114,7 +114,7 @@ pub fn networks(
         selection_error(e, Some(pod))
     })?;
     let globals = conf.global_namespaces();
-    for sel in selections {
+    for sel in &selections {
         let ns = &sel.network.namespace;
         if conf.namespace_isolation && ns != &pod.namespace && !globals.contains(ns) {
             return Err(CniError::invalid_config(format!(
@@ -124,6 +124,15 @@ pub fn networks(
                 sel.network
             )));
         }
+    }
+    if let (Some(c), true) = (r.cluster, selections.len() > 1) {
+        let refs: Vec<(String, String)> = selections
+            .iter()
+            .map(|s| (s.network.namespace.clone(), s.network.name.clone()))
+            .collect();
+        c.prefetch_nads(&refs);
+    }
+    for sel in selections {
         let resolved = r.nad(&sel.network, Some(pod))?;
         out.push((resolved, Some(sel)));
     }

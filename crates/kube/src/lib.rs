@@ -35,6 +35,8 @@ pub struct KubeCluster {
     retries: u32,
     /// resourceVersions of the pods read, so the status write needs no second read.
     seen: std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
+    /// NADs read together ahead of use (`None`: it does not exist).
+    prefetched: std::sync::Mutex<std::collections::HashMap<(String, String), Option<Nad>>>,
 }
 
 fn api_error(what: &str, e: impl std::fmt::Display) -> CniError {
@@ -106,6 +108,7 @@ impl KubeCluster {
             timeout,
             retries,
             seen: Default::default(),
+            prefetched: Default::default(),
         }))
     }
 
@@ -160,18 +163,47 @@ impl Cluster for KubeCluster {
     }
 
     fn get_nad(&self, namespace: &str, name: &str) -> Result<Option<Nad>> {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(known) = self
+            .prefetched
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&key).cloned())
+        {
+            return Ok(known);
+        }
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), namespace, &nad_resource());
-        let what = format!("NetworkAttachmentDefinition \"{namespace}/{name}\"");
+        let what = nad_what(namespace, name);
         let obj = self
             .call(&what, || api.get_opt(name))
             .map_err(|e| api_error(&what, e))?;
-        match obj {
-            None => Ok(None),
-            Some(o) => {
-                let v = serde_json::to_value(&o)
-                    .map_err(|e| CniError::decode(format!("{what}: {e}")))?;
-                Nad::from_object(&v).map(Some)
+        to_nad(&what, obj)
+    }
+
+    fn prefetch_nads(&self, nads: &[(String, String)]) {
+        // HTTP/1.1: requests in parallel take a connection each; worth it for several NADs.
+        let mut wanted: Vec<(String, String)> = nads.to_vec();
+        wanted.sort();
+        wanted.dedup();
+        let got = self
+            .rt
+            .block_on(futures_util::future::join_all(wanted.iter().map(
+                |(ns, name)| {
+                    let api: Api<DynamicObject> =
+                        Api::namespaced_with(self.client.clone(), ns, &nad_resource());
+                    async move { tokio::time::timeout(self.timeout, api.get_opt(name)).await }
+                },
+            )));
+        let Ok(mut prefetched) = self.prefetched.lock() else {
+            return;
+        };
+        for ((ns, name), r) in wanted.into_iter().zip(got) {
+            // Failures are left to `get_nad`, with its retries and errors.
+            if let Ok(Ok(obj)) = r {
+                if let Ok(nad) = to_nad(&nad_what(&ns, &name), obj) {
+                    prefetched.insert((ns, name), nad);
+                }
             }
         }
     }
@@ -225,6 +257,21 @@ impl Cluster for KubeCluster {
         let pp = PostParams::default();
         if let Err(e) = self.call("event", || api.create(&pp, &ev)) {
             tracing::warn!(error = %e, pod = %pod.key(), reason, "cannot record event");
+        }
+    }
+}
+
+fn nad_what(namespace: &str, name: &str) -> String {
+    format!("NetworkAttachmentDefinition \"{namespace}/{name}\"")
+}
+
+fn to_nad(what: &str, obj: Option<DynamicObject>) -> Result<Option<Nad>> {
+    match obj {
+        None => Ok(None),
+        Some(o) => {
+            let v =
+                serde_json::to_value(&o).map_err(|e| CniError::decode(format!("{what}: {e}")))?;
+            Nad::from_object(&v).map(Some)
         }
     }
 }
