@@ -180,6 +180,15 @@ impl Engine {
             .ok_or_else(|| CniError::invalid_env("CNI_NETNS is required"))?;
         let netns = NetNs::open(&netns_path)
             .map_err(|e| CniError::invalid_env(format!("CNI_NETNS: {e}")))?;
+        // Enter the pod's namespace now, while the pod and its NADs are read; the names
+        // are checked there once planned (one entry for all of them).
+        let probe = netns
+            .enter_ahead(|names: Vec<String>| {
+                names
+                    .iter()
+                    .position(|n| nix::net::if_::if_nametoindex(n.as_str()).is_ok())
+            })
+            .map_err(|e| CniError::invalid_env(format!("CNI_NETNS: {e}")))?;
         self.wait_ready()?;
         let pod = self.pod(req)?;
         if let (Some((ns, name)), None, Some(_)) = (req.pod_ref(), &pod, &self.cluster) {
@@ -210,9 +219,11 @@ impl Engine {
         let nets = plan::networks(&r, &input)?;
         let planned = plan::attachments(&r, &input, nets, &self.conf.runtime_config)?;
         let wanted: Vec<&Planned> = planned.iter().filter(|p| !p.auxiliary).collect();
-        let names: Vec<&str> = wanted.iter().map(|p| p.ifname.as_str()).collect();
-        // One entry into the pod's namespace for all the names.
-        if let Some(i) = first_existing_interface(&netns, &names)? {
+        let names: Vec<String> = wanted.iter().map(|p| p.ifname.clone()).collect();
+        let existing = probe
+            .run(names)
+            .map_err(|e| CniError::invalid_env(format!("CNI_NETNS: {e}")))?;
+        if let Some(i) = existing {
             return Err(CniError::invalid_config(format!(
                 "network \"{}\": interface {:?} already exists in {netns_path}",
                 wanted[i].name, wanted[i].ifname
@@ -710,17 +721,6 @@ fn attachment(
         args,
         capability_args: caps,
     }
-}
-
-/// The index of the first of `names` that is already an interface in the namespace.
-fn first_existing_interface(netns: &NetNs, names: &[&str]) -> Result<Option<usize>> {
-    netns
-        .run(|| {
-            names
-                .iter()
-                .position(|n| nix::net::if_::if_nametoindex(*n).is_ok())
-        })
-        .map_err(|e| CniError::invalid_env(format!("CNI_NETNS: {e}")))
 }
 
 /// D2: what the pod asked for is in the result, or the attachment fails.

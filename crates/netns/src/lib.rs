@@ -134,6 +134,58 @@ impl NetNs {
             .map_err(|_| NetnsError::Panicked(self.path.clone()))?
         })
     }
+
+    /// Enters the namespace now, on a dedicated thread, which then waits for its input
+    /// and runs `f` on it there: the cost of starting the thread and entering overlaps
+    /// with whatever the caller does meanwhile. Dropping the result without
+    /// [`Entered::run`] ends the thread.
+    pub fn enter_ahead<I, O>(
+        &self,
+        f: impl FnOnce(I) -> O + Send + 'static,
+    ) -> Result<Entered<I, O>>
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+    {
+        let file = self.file.try_clone().map_err(|source| NetnsError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        let path = self.path.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<I>();
+        let thread = std::thread::spawn(move || {
+            setns(&file, CloneFlags::CLONE_NEWNET)
+                .map_err(|source| NetnsError::Enter { path, source })?;
+            // The thread ends right after: nothing runs on it in this namespace again.
+            Ok(rx.recv().ok().map(f))
+        });
+        Ok(Entered {
+            tx,
+            thread,
+            path: self.path.clone(),
+        })
+    }
+}
+
+/// A thread inside a namespace waiting for its input (see [`NetNs::enter_ahead`]).
+pub struct Entered<I, O> {
+    tx: std::sync::mpsc::Sender<I>,
+    thread: std::thread::JoinHandle<Result<Option<O>>>,
+    path: PathBuf,
+}
+
+impl<I, O> Entered<I, O> {
+    /// Gives the thread its input and returns what `f` made of it.
+    pub fn run(self, input: I) -> Result<O> {
+        // A send fails only when the thread has ended: its result says why.
+        let _ = self.tx.send(input);
+        drop(self.tx);
+        match self.thread.join() {
+            Ok(Ok(Some(out))) => Ok(out),
+            Ok(Ok(None)) | Err(_) => Err(NetnsError::Panicked(self.path)),
+            Ok(Err(e)) => Err(e),
+        }
+    }
 }
 
 impl AsFd for NetNs {
@@ -317,6 +369,22 @@ mod tests {
         // The caller's thread never moved.
         assert_eq!(NetNs::current().unwrap().id().unwrap(), here);
         assert!(ns.run(|| panic!("boom")).is_err());
+        assert_eq!(NetNs::current().unwrap().id().unwrap(), here);
+        // Entered ahead: the input arrives later, the work runs inside.
+        let opened = ns.open().unwrap();
+        let ahead = opened
+            .enter_ahead(|suffix: &str| {
+                format!("{}{suffix}", NetNs::current().unwrap().id().unwrap())
+            })
+            .unwrap();
+        assert_eq!(ahead.run("!").unwrap(), format!("{inside}!"));
+        let unused = opened.enter_ahead(|_: ()| ()).unwrap();
+        drop(unused);
+        assert!(opened
+            .enter_ahead(|_: ()| panic!("boom"))
+            .unwrap()
+            .run(())
+            .is_err());
         assert_eq!(NetNs::current().unwrap().id().unwrap(), here);
         let path = ns.path().to_path_buf();
         ns.remove().unwrap();
