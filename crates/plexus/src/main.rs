@@ -24,6 +24,15 @@ fn engine(req: &Request) -> Result<Engine> {
     Ok(Engine::new(conf, cluster))
 }
 
+/// Runs `op` on the request's engine. The process ends right after the answer is
+/// printed, so the engine (its Kubernetes client and runtime) is not torn down.
+fn with_engine<T>(req: &Request, op: impl FnOnce(&Engine) -> Result<T>) -> Result<T> {
+    let e = engine(req)?;
+    let r = op(&e);
+    std::mem::forget(e);
+    r
+}
+
 fn logged<T>(op: &str, req: &Request, r: Result<T>) -> Result<T> {
     match &r {
         Ok(_) => tracing::info!(container = %req.container_id, ifname = %req.ifname, "{op} done"),
@@ -39,7 +48,7 @@ impl Plugin for Plexus {
         logged(
             "ADD",
             req,
-            engine(req)?.add(&plexus_engine::Request::from_cni(req)),
+            with_engine(req, |e| e.add(&plexus_engine::Request::from_cni(req))),
         )
     }
 
@@ -47,7 +56,7 @@ impl Plugin for Plexus {
         logged(
             "DEL",
             req,
-            engine(req)?.del(&plexus_engine::Request::from_cni(req)),
+            with_engine(req, |e| e.del(&plexus_engine::Request::from_cni(req))),
         )
     }
 
@@ -55,7 +64,7 @@ impl Plugin for Plexus {
         logged(
             "CHECK",
             req,
-            engine(req)?.check(&plexus_engine::Request::from_cni(req)),
+            with_engine(req, |e| e.check(&plexus_engine::Request::from_cni(req))),
         )
     }
 
