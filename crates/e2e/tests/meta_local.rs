@@ -163,28 +163,15 @@ fn json_keys_mac_cni_args_and_default_route() {
         "{st}"
     );
     // The state holds the config with args.cni merged; libcni's cache the patched result.
-    let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            n.world
-                .subdir("cni")
-                .join(format!("plexus/{}.json", att.container_id)),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let cni_file = |rel: String| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(n.world.subdir("cni").join(rel)).unwrap()).unwrap()
+    };
+    let state = cni_file(format!("plexus/{}.json", att.container_id));
     assert_eq!(
         state["attachments"][1]["config"]["plugins"][0]["args"]["cni"]["foo"],
         "bar"
     );
-    let cached: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            n.world
-                .subdir("cni")
-                .join(format!("results/cluster-{}-eth0", att.container_id)),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let cached = cni_file(format!("results/cluster-{}-eth0", att.container_id));
     let cluster_routes = cached["result"]["routes"].as_array().unwrap();
     assert!(
         !cluster_routes.iter().any(|r| r["dst"] == "0.0.0.0/0"),
