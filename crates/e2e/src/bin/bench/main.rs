@@ -437,20 +437,11 @@ impl Samples {
 
 type Latencies = BTreeMap<(usize, Kind, &'static str), Samples>;
 
-/// The median of the per-round differences `m[i] - b[i]`.
+/// The median of the per-round differences `m[i] - b[i]` (nearest rank, as every
+/// other percentile here).
 fn paired_median(m: &[f64], b: &[f64]) -> f64 {
     let d: Vec<f64> = m.iter().zip(b).map(|(x, y)| x - y).collect();
-    if d.is_empty() {
-        return 0.0;
-    }
-    let mut v = d;
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    summarize(&d).median
 }
 
 struct ChurnResult {
