@@ -153,14 +153,39 @@ async fn cni(State(st): State<Arc<AppState>>, method: Method, body: Body) -> Res
     let permit = st.limiter.acquire().await;
     let st2 = st.clone();
     let env = req.env;
-    let outcome = tokio::task::spawn_blocking(move || run_cni(&st2, &env, &stdin)).await;
+    let outcome = blocking(move || run_cni(&st2, &env, &stdin)).await;
     drop(permit);
     st.metrics.in_flight.dec();
-    let outcome = outcome.unwrap_or_else(|e| Outcome {
-        stdout: CniError::internal(format!("request panicked: {e}")).to_json("1.1.0"),
-        exit_code: 1,
-    });
     respond(&st, "/cni", &command, started, outcome)
+}
+
+/// Runs a request's blocking work (the engine waits on delegates and on API calls).
+/// On the multi-thread runtime it runs right here: `block_in_place` hands this worker's
+/// other tasks to another thread, so the request is not passed to a blocking thread and
+/// back (two thread wake-ups on its path). A panic becomes an error answer.
+async fn blocking(work: impl FnOnce() -> Outcome + Send + 'static) -> Outcome {
+    let guarded = move || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|p| {
+            let why = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Outcome {
+                stdout: CniError::internal(format!("request panicked: {why}")).to_json("1.1.0"),
+                exit_code: 1,
+            }
+        })
+    };
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(guarded),
+        _ => tokio::task::spawn_blocking(guarded)
+            .await
+            .unwrap_or_else(|e| Outcome {
+                stdout: CniError::internal(format!("request task failed: {e}")).to_json("1.1.0"),
+                exit_code: 1,
+            }),
+    }
 }
 
 fn respond(
@@ -308,7 +333,7 @@ async fn delegate(State(st): State<Arc<AppState>>, method: Method, body: Body) -
     let started = Instant::now();
     let _permit = st.limiter.acquire().await;
     let st2 = st.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
+    let outcome = blocking(move || {
         let r = run_delegate(
             &st2,
             &req.env,
@@ -330,11 +355,7 @@ async fn delegate(State(st): State<Arc<AppState>>, method: Method, body: Body) -
             },
         }
     })
-    .await
-    .unwrap_or_else(|e| Outcome {
-        stdout: CniError::internal(format!("request panicked: {e}")).to_json("1.1.0"),
-        exit_code: 1,
-    });
+    .await;
     respond(&st, "/delegate", &command, started, outcome)
 }
 
