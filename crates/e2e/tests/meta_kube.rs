@@ -218,6 +218,32 @@ fn api_down_at_add_is_try_again_later_and_leaves_nothing() {
 }
 
 #[test]
+fn a_broken_kubeconfig_fails_add_but_not_check_or_del() {
+    let (api, n, _) = setup(1);
+    api.put(Resource::Pods, pod_object("demo", "p", "u1", Some("br")));
+    let att = n.attachment(0, &unique("cid"), "demo", "p", &[]);
+    let res = n.add(&att).unwrap();
+    // The kubeconfig becomes unreadable: CHECK and DEL work from local state and never
+    // make a client; a new ADD fails naming the file, and leaves nothing.
+    let kc = n.conf["kubeconfig"].as_str().unwrap().to_string();
+    std::fs::write(&kc, "clusters: [unterminated").unwrap();
+    api.clear_requests();
+    n.check(&att, &res).unwrap();
+    n.del(&att).unwrap();
+    assert!(api.requests().is_empty(), "{:?}", api.requests());
+    assert_eq!(links(n.world.ctr(0)), ["lo"]);
+    let again = n.attachment(0, &unique("cid"), "demo", "p", &[]);
+    let e = n.add(&again).unwrap_err();
+    assert_eq!(e.code, 7, "{e}");
+    assert!(
+        e.msg.contains("\"kubeconfig\"") && e.msg.contains(&kc),
+        "{e}"
+    );
+    assert_eq!(links(n.world.ctr(0)), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
+
+#[test]
 fn del_after_nad_and_pod_deleted_and_nad_changed() {
     let (api, n, _) = setup(1);
     api.put(

@@ -19,6 +19,9 @@ use serde_json::json;
 use std::future::Future;
 use std::time::Duration;
 
+mod lazy;
+pub use lazy::LazyKubeCluster;
+
 /// The NAD kind.
 pub fn nad_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(

@@ -17,8 +17,9 @@ fn engine(req: &Request) -> Result<Engine> {
     logging::init(&conf);
     let cluster: Option<Arc<dyn Cluster>> = match &conf.plexus.local {
         Some(local) => Some(Arc::new(LocalCluster::new(local.clone(), &req.args))),
+        // Made on first use: DEL and CHECK, served from local state, never need it.
         None => {
-            plexus_kube::KubeCluster::from_conf(&conf)?.map(|k| Arc::new(k) as Arc<dyn Cluster>)
+            plexus_kube::LazyKubeCluster::from_conf(&conf).map(|k| Arc::new(k) as Arc<dyn Cluster>)
         }
     };
     Ok(Engine::new(conf, cluster))

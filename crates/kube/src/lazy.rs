@@ -1,0 +1,93 @@
+//! A [`KubeCluster`] made on first use.
+//!
+//! Thin mode starts a process per CNI call. DEL and CHECK work from the local state and
+//! the cached results and touch the API only when the state is missing, so the client
+//! (its runtime, the kubeconfig read and parsed, the TLS set-up) is made only when a
+//! call needs it: DEL and CHECK do not pay for it, and do not fail on a kubeconfig
+//! they do not need.
+
+use crate::KubeCluster;
+use plexus_cni::{CniError, Result};
+use plexus_engine::{Cluster, EventType, NetConf, PodInfo};
+use plexus_npwg::nad::Nad;
+use plexus_npwg::status::NetworkStatus;
+use std::sync::OnceLock;
+
+/// See the module documentation.
+pub struct LazyKubeCluster {
+    conf: NetConf,
+    made: OnceLock<std::result::Result<KubeCluster, CniError>>,
+}
+
+impl LazyKubeCluster {
+    /// `None` when the configuration reaches no Kubernetes API (no `kubeconfig`, no
+    /// `KUBERNETES_SERVICE_HOST`), as [`KubeCluster::from_conf`] decides.
+    pub fn from_conf(conf: &NetConf) -> Option<LazyKubeCluster> {
+        let configured = conf.kubeconfig.as_deref().is_some_and(|k| !k.is_empty())
+            || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        configured.then(|| LazyKubeCluster {
+            conf: conf.clone(),
+            made: OnceLock::new(),
+        })
+    }
+
+    fn get(&self) -> Result<&KubeCluster> {
+        let made = self.made.get_or_init(|| {
+            KubeCluster::from_conf(&self.conf)?.ok_or_else(|| {
+                CniError::invalid_config("no Kubernetes configuration (kubeconfig or in-cluster)")
+            })
+        });
+        made.as_ref().map_err(Clone::clone)
+    }
+}
+
+impl Cluster for LazyKubeCluster {
+    fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<PodInfo>> {
+        self.get()?.get_pod(namespace, name)
+    }
+
+    fn get_nad(&self, namespace: &str, name: &str) -> Result<Option<Nad>> {
+        self.get()?.get_nad(namespace, name)
+    }
+
+    fn prefetch_nads(&self, nads: &[(String, String)]) {
+        // A client that cannot be made is reported by the reads that follow.
+        if let Ok(k) = self.get() {
+            k.prefetch_nads(nads)
+        }
+    }
+
+    fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {
+        self.get()?.set_network_status(pod, status)
+    }
+
+    fn event(&self, pod: &PodInfo, kind: EventType, reason: &str, message: &str) {
+        match self.get() {
+            Ok(k) => k.event(pod, kind, reason, message),
+            Err(e) => tracing::warn!(error = %e, pod = %pod.key(), reason, "cannot record event"),
+        }
+    }
+
+    fn events(&self, pod: &PodInfo, events: &[(EventType, String, String)]) {
+        match self.get() {
+            Ok(k) => k.events(pod, events),
+            Err(e) => tracing::warn!(error = %e, pod = %pod.key(), "cannot record events"),
+        }
+    }
+
+    fn report_add(
+        &self,
+        pod: &PodInfo,
+        status: &[NetworkStatus],
+        events: &[(EventType, String, String)],
+    ) -> Result<()> {
+        self.get()?.report_add(pod, status, events)
+    }
+
+    fn pod_torn_down(&self, namespace: &str, name: &str) {
+        // Nothing to tell a client that was never made.
+        if let Some(Ok(k)) = self.made.get() {
+            k.pod_torn_down(namespace, name)
+        }
+    }
+}
