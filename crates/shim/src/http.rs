@@ -45,13 +45,14 @@ fn exchange(
         .map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    let head = format!(
+    // Head and body in one write: the daemon wakes once and finds the whole request.
+    let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: plexus\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    );
-    s.write_all(head.as_bytes())
-        .and_then(|_| s.write_all(body))
-        .map_err(|e| format!("sending: {e}"))?;
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    s.write_all(&request).map_err(|e| format!("sending: {e}"))?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)
         .map_err(|e| format!("reading the answer: {e}"))?;
