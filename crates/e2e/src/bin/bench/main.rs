@@ -619,6 +619,8 @@ fn main() {
     let peak = AtomicU64::new(0);
     let cpu0 = cpu_seconds(daemon.pid());
     for &c in &args.concurrency {
+        // The delegates alone first: the latency spread the plugins have by themselves.
+        churns.push(churn(&b, &args, Mode::Baseline, c, None));
         churns.push(churn(&b, &args, Mode::Thin, c, None));
         churns.push(churn(
             &b,
