@@ -58,6 +58,11 @@ fn main() -> Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!("plexusd must run as root: it enters network namespaces and runs CNI plugins");
     }
+    // Tokio runs the worker cores on blocking-pool threads, and a request's engine work
+    // keeps its thread (block_in_place, at most maxConcurrentRequests at once) while it
+    // waits on API calls that the cores drive; its core moves to another pool thread.
+    // The margin keeps a thread for both cores (and two for anything else) whatever the
+    // load, so a core never waits for a thread held by work that waits on the core.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(cfg.max_concurrent_requests + 4)
