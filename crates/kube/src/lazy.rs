@@ -6,7 +6,7 @@
 //! call needs it: DEL and CHECK do not pay for it, and do not fail on a kubeconfig
 //! they do not need.
 
-use crate::KubeCluster;
+use crate::{ApiSettings, KubeCluster};
 use plexus_cni::{CniError, Result};
 use plexus_engine::{Cluster, EventType, NetConf, PodInfo};
 use plexus_npwg::nad::Nad;
@@ -15,29 +15,24 @@ use std::sync::OnceLock;
 
 /// See the module documentation.
 pub struct LazyKubeCluster {
-    conf: NetConf,
+    settings: ApiSettings,
     made: OnceLock<std::result::Result<KubeCluster, CniError>>,
 }
 
 impl LazyKubeCluster {
-    /// `None` when the configuration reaches no Kubernetes API (no `kubeconfig`, no
-    /// `KUBERNETES_SERVICE_HOST`), as [`KubeCluster::from_conf`] decides.
+    /// `None` when the configuration reaches no Kubernetes API ([`ApiSettings::of`]).
     pub fn from_conf(conf: &NetConf) -> Option<LazyKubeCluster> {
-        let configured = conf.kubeconfig.as_deref().is_some_and(|k| !k.is_empty())
-            || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-        configured.then(|| LazyKubeCluster {
-            conf: conf.clone(),
+        ApiSettings::of(conf).map(|settings| LazyKubeCluster {
+            settings,
             made: OnceLock::new(),
         })
     }
 
     fn get(&self) -> Result<&KubeCluster> {
-        let made = self.made.get_or_init(|| {
-            KubeCluster::from_conf(&self.conf)?.ok_or_else(|| {
-                CniError::invalid_config("no Kubernetes configuration (kubeconfig or in-cluster)")
-            })
-        });
-        made.as_ref().map_err(Clone::clone)
+        self.made
+            .get_or_init(|| KubeCluster::connect(&self.settings))
+            .as_ref()
+            .map_err(Clone::clone)
     }
 }
 

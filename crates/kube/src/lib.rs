@@ -61,19 +61,41 @@ fn is_code(e: &kube::Error, c: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == c)
 }
 
+/// How the plugin configuration reaches the API: its `kubeconfig`, else the in-cluster
+/// configuration; the time limit and the tries per request.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    kubeconfig: Option<String>,
+    timeout: Duration,
+    retries: u32,
+}
+
+impl ApiSettings {
+    /// `None` when the configuration reaches no Kubernetes API: no `kubeconfig` and no
+    /// `KUBERNETES_SERVICE_HOST`.
+    pub fn of(conf: &NetConf) -> Option<ApiSettings> {
+        let kubeconfig = conf.kubeconfig.clone().filter(|k| !k.is_empty());
+        (kubeconfig.is_some() || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()).then(|| {
+            ApiSettings {
+                kubeconfig,
+                timeout: Duration::from_millis(conf.plexus.api_timeout_ms.max(1)),
+                retries: conf.plexus.api_retries,
+            }
+        })
+    }
+}
+
 impl KubeCluster {
-    /// The cluster of the configuration: `kubeconfig` when set, else the in-cluster
-    /// config when `KUBERNETES_SERVICE_HOST` is set, else `None` (no Kubernetes).
-    pub fn from_conf(conf: &NetConf) -> Result<Option<KubeCluster>> {
-        let timeout = Duration::from_millis(conf.plexus.api_timeout_ms.max(1));
+    /// A client for `settings`: its runtime, the kubeconfig read and parsed (or the
+    /// in-cluster configuration), the HTTP and TLS stack.
+    pub fn connect(settings: &ApiSettings) -> Result<KubeCluster> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| CniError::internal(format!("tokio runtime: {e}")))?;
-        let kubeconfig = conf.kubeconfig.clone().filter(|k| !k.is_empty());
-        let config = match kubeconfig {
+        let config = match &settings.kubeconfig {
             Some(path) => {
-                let kc = Kubeconfig::read_from(&path).map_err(|e| {
+                let kc = Kubeconfig::read_from(path).map_err(|e| {
                     CniError::invalid_config(format!("\"kubeconfig\" {path:?}: {e}"))
                 })?;
                 rt.block_on(Config::from_custom_kubeconfig(
@@ -82,13 +104,11 @@ impl KubeCluster {
                 ))
                 .map_err(|e| CniError::invalid_config(format!("\"kubeconfig\" {path:?}: {e}")))?
             }
-            None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => Config::incluster()
-                .map_err(|e| {
-                    CniError::invalid_config(format!("in-cluster Kubernetes config: {e}"))
-                })?,
-            None => return Ok(None),
+            None => Config::incluster().map_err(|e| {
+                CniError::invalid_config(format!("in-cluster Kubernetes config: {e}"))
+            })?,
         };
-        Self::from_config(config, rt, timeout, conf.plexus.api_retries)
+        Self::from_config(config, rt, settings.timeout, settings.retries)
     }
 
     fn from_config(
@@ -96,7 +116,7 @@ impl KubeCluster {
         rt: tokio::runtime::Runtime,
         timeout: Duration,
         retries: u32,
-    ) -> Result<Option<KubeCluster>> {
+    ) -> Result<KubeCluster> {
         config.connect_timeout = Some(timeout);
         config.read_timeout = Some(timeout);
         config.write_timeout = Some(timeout);
@@ -105,14 +125,14 @@ impl KubeCluster {
             Client::try_from(config)
                 .map_err(|e| CniError::invalid_config(format!("Kubernetes client: {e}")))?
         };
-        Ok(Some(KubeCluster {
+        Ok(KubeCluster {
             rt,
             client,
             timeout,
             retries,
             seen: Default::default(),
             prefetched: Default::default(),
-        }))
+        })
     }
 
     /// Runs `f` with a time limit, retrying transient failures with back-off.
