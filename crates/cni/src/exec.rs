@@ -8,11 +8,11 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -182,6 +182,29 @@ fn pump(
     })
 }
 
+/// A pidfd for the child, polled for its exit (`None` where the kernel has none).
+fn pidfd(child: &Child) -> Option<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).ok()?)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+}
+
+/// Waits until the process behind `pidfd` has exited (true) or `deadline` passes.
+fn exits_by(pidfd: &OwnedFd, deadline: Instant) -> bool {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ms = u16::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) | Err(Errno::EINTR) => {}
+            Ok(_) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
 impl Exec for ProcessExec {
     fn run(&self, req: &ExecRequest<'_>) -> Result<ExecOutput> {
         let shown = req.binary.display();
@@ -205,22 +228,41 @@ impl Exec for ProcessExec {
             let _ = child.wait();
             return Err(CniError::internal(format!("{shown}: child pipes missing")));
         };
-        // One thread waits for the exit; this one moves the bytes.
-        let (tx, rx) = mpsc::channel();
-        let waiter = std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        let pumped = pump(stdin, stdout, stderr, req.stdin, deadline);
-        let status = match &pumped {
-            Ok(p) if !p.timed_out => rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .ok(),
-            _ => None,
+        let finished = |p: &std::io::Result<Pumped>| matches!(p, Ok(p) if !p.timed_out);
+        let (pumped, status) = match pidfd(&child) {
+            // This thread moves the bytes, then waits for the exit on a pidfd, both
+            // bounded by the deadline.
+            Some(fd) => {
+                let pumped = pump(stdin, stdout, stderr, req.stdin, deadline);
+                let exited = finished(&pumped) && exits_by(&fd, deadline);
+                if !exited {
+                    let _ = killpg(pid, Signal::SIGKILL);
+                }
+                let status = child.wait();
+                (pumped, exited.then_some(status))
+            }
+            // No pidfd (Linux before 5.3): a thread waits for the exit.
+            None => {
+                let (tx, rx) = mpsc::channel();
+                let waiter = std::thread::spawn(move || {
+                    let _ = tx.send(child.wait());
+                });
+                let pumped = pump(stdin, stdout, stderr, req.stdin, deadline);
+                let status = if finished(&pumped) {
+                    rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                        .ok()
+                } else {
+                    None
+                };
+                if status.is_none() {
+                    let _ = killpg(pid, Signal::SIGKILL);
+                    let _ = rx.recv();
+                }
+                let _ = waiter.join();
+                (pumped, status)
+            }
         };
         let Some(status) = status else {
-            let _ = killpg(pid, Signal::SIGKILL);
-            let _ = rx.recv();
-            let _ = waiter.join();
             return Err(match pumped {
                 Err(e) => CniError::io(format!("talking to {shown}: {e}")),
                 Ok(_) => CniError::new(
@@ -232,7 +274,6 @@ impl Exec for ProcessExec {
                 ),
             });
         };
-        let _ = waiter.join();
         let pumped = pumped.map_err(|e| CniError::io(format!("talking to {shown}: {e}")))?;
         let status = status.map_err(|e| CniError::internal(format!("waiting for {shown}: {e}")))?;
         if pumped.stdout.len() as u64 > MAX_STDOUT {
@@ -372,6 +413,24 @@ mod tests {
         assert_eq!(e.code, 11);
         assert!(e.msg.contains("was killed"));
         assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_child_that_closes_its_output_and_stays_is_killed_at_the_deadline() {
+        let start = Instant::now();
+        // Both pipes end at once; the exit, waited for on the pidfd, never comes.
+        let e = sh("exec >&- 2>&-; sleep 30", Duration::from_millis(300)).unwrap_err();
+        assert_eq!(e.code, 11);
+        assert!(e.msg.contains("was killed"), "{}", e.msg);
+        assert!(start.elapsed() >= Duration::from_millis(300));
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_exit_status_is_the_childs() {
+        let out = sh("echo out; exit 3", Duration::from_secs(10)).unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(out.stdout, b"out\n");
     }
 
     #[test]
