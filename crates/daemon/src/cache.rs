@@ -243,6 +243,10 @@ impl Cluster for DaemonCluster {
         )
     }
 
+    fn posts_events_in_background(&self) -> bool {
+        true
+    }
+
     fn event(&self, pod: &PodInfo, kind: EventType, reason: &str, message: &str) {
         if reason == "AddedInterface" && !self.added_interface_events {
             return;

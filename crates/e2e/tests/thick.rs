@@ -92,6 +92,65 @@ fn new_pod_and_new_nad_are_found() {
     d.stop();
 }
 
+fn added_interface_events(api: &plexus_testapi::TestApiServer, uid: &str) -> Vec<String> {
+    api.list(Resource::Events)
+        .into_iter()
+        .filter(|e| e["reason"] == "AddedInterface" && e["involvedObject"]["uid"] == uid)
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Waits (bounded) until `n` events are there: the daemon posts them in the background.
+fn wait_events(api: &plexus_testapi::TestApiServer, uid: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = added_interface_events(api, uid);
+        if got.len() >= n || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn added_interface_events_as_each_delegate_succeeds() {
+    let (mut n, api) = kube_node();
+    api.put(
+        Resource::Nads,
+        nad_object(
+            "demo",
+            "broken",
+            &json!({"cniVersion": "1.0.0", "type": "no-such-plugin"}),
+        ),
+    );
+    api.put(Resource::Pods, pod_object("demo", "ok", "u-ok", Some("br")));
+    api.put(
+        Resource::Pods,
+        pod_object("demo", "half", "u-half", Some("br,broken")),
+    );
+    let d = Daemon::start(&n, json!({}));
+    thick(&mut n);
+    let att = n.attachment(0, &unique("cid"), "demo", "ok", &[]);
+    n.add(&att).unwrap();
+    let mut got = wait_events(&api, "u-ok", 2);
+    got.sort();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].starts_with("Add eth0 [192.0.2."), "{got:?}");
+    assert!(got[1].starts_with("Add net1 [198.51.100."), "{got:?}");
+    assert!(got[1].ends_with("] from demo/br"), "{got:?}");
+    n.del(&att).unwrap();
+    // The second network fails: the interfaces attached before it were reported as
+    // they came (as Multus does), then removed by the rollback; nothing is left.
+    let att = n.attachment(1, &unique("cid"), "demo", "half", &[]);
+    let e = n.add(&att).unwrap_err();
+    assert!(e.msg.contains("no-such-plugin"), "{}", e.msg);
+    let got = wait_events(&api, "u-half", 2);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(links(n.world.ctr(1)), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    d.stop();
+}
+
 #[test]
 fn daemon_restart_between_add_and_del() {
     let (mut n, api) = kube_node();

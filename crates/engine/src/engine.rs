@@ -246,10 +246,19 @@ impl Engine {
         let syncing = self.state.save_then_sync(&st)?;
         let rt = self.runtime(&req.cni_path);
         let mut added: Vec<Added> = Vec::with_capacity(planned.len());
+        let early_events = match (&self.cluster, &pod) {
+            (Some(c), Some(pod)) if c.posts_events_in_background() => Some((c, pod)),
+            _ => None,
+        };
         for (i, p) in planned.into_iter().enumerate() {
             match self.add_one(&rt, req, &netns_path, &p) {
                 Ok(a) => {
                     st.attachments[i].result = Some(a.result.to_current_value());
+                    if let (Some((c, pod)), Some((kind, reason, msg))) =
+                        (early_events, added_event(&a))
+                    {
+                        c.event(pod, kind, &reason, &msg);
+                    }
                     added.push(a);
                 }
                 Err(e) => return Err(self.rollback(&rt, &mut st, e)),
@@ -351,21 +360,11 @@ impl Engine {
                 },
             ));
         }
-        let mut events = Vec::new();
-        for a in added.iter().filter(|a| !a.planned.auxiliary) {
-            let r = a.result.to_current();
-            if r.interfaces.is_empty() && r.ips.is_empty() {
-                continue;
-            }
-            let ips: Vec<String> = r.ips.iter().map(|ip| ip.address.to_string()).collect();
-            let msg = format!(
-                "Add {} [{}] from {}",
-                a.planned.ifname,
-                ips.join(","),
-                a.planned.name
-            );
-            events.push((EventType::Normal, "AddedInterface".to_string(), msg));
-        }
+        let events: Vec<_> = if cluster.posts_events_in_background() {
+            Vec::new() // recorded as each delegate succeeded
+        } else {
+            added.iter().filter_map(added_event).collect()
+        };
         cluster
             .report_add(pod, &statuses, &events)
             .map_err(|e| e.context(format!("pod \"{}\": writing network-status", pod.key())))
@@ -779,4 +778,24 @@ impl CurrentValue for CniResult {
     fn to_current_value(&self) -> Value {
         CniResult::V100(self.to_current()).to_value()
     }
+}
+
+/// The `AddedInterface` event of an attachment: "Add <ifname> [<ips>] from <network>",
+/// none for auxiliary plugins and for results without interfaces or addresses (Multus).
+fn added_event(a: &Added) -> Option<(EventType, String, String)> {
+    if a.planned.auxiliary {
+        return None;
+    }
+    let r = a.result.to_current();
+    if r.interfaces.is_empty() && r.ips.is_empty() {
+        return None;
+    }
+    let ips: Vec<String> = r.ips.iter().map(|ip| ip.address.to_string()).collect();
+    let msg = format!(
+        "Add {} [{}] from {}",
+        a.planned.ifname,
+        ips.join(","),
+        a.planned.name
+    );
+    Some((EventType::Normal, "AddedInterface".to_string(), msg))
 }
