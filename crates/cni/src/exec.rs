@@ -105,15 +105,13 @@ fn pump(
     // daemon's instructions (plugins print a few KiB).
     let mut buf = [0u8; 16 << 10];
     while out_open || err_open {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let Some(timeout) = time_left(deadline) else {
             return Ok(Pumped {
                 stdout: out,
                 stderr: err,
                 timed_out: true,
             });
-        }
-        let ms = u16::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+        };
         let readable = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
         let (mut want_in, mut want_out, mut want_err) = (false, false, false);
         {
@@ -127,7 +125,7 @@ fn pump(
             if err_open {
                 fds.push(PollFd::new(stderr.as_fd(), PollFlags::POLLIN));
             }
-            match poll(&mut fds, PollTimeout::from(ms)) {
+            match poll(&mut fds, timeout) {
                 Ok(0) | Err(Errno::EINTR) => continue,
                 Ok(_) => {}
                 Err(e) => return Err(e.into()),
@@ -190,16 +188,25 @@ fn pidfd(child: &Child) -> Option<OwnedFd> {
     rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
 }
 
+/// The `poll` timeout until `deadline` (whole milliseconds, rounded up; at most
+/// `u16::MAX`, the caller polls again); `None` once it has passed.
+fn time_left(deadline: Instant) -> Option<PollTimeout> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return None;
+    }
+    let ms = u16::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+    Some(PollTimeout::from(ms))
+}
+
 /// Waits until the process behind `pidfd` has exited (true) or `deadline` passes.
 fn exits_by(pidfd: &OwnedFd, deadline: Instant) -> bool {
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let Some(timeout) = time_left(deadline) else {
             return false;
-        }
-        let ms = u16::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+        };
         let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(ms)) {
+        match poll(&mut fds, timeout) {
             Ok(0) | Err(Errno::EINTR) => {}
             Ok(_) => return true,
             Err(_) => return false,
