@@ -263,3 +263,73 @@ impl Cluster for DaemonCluster {
         });
     }
 }
+
+/// One request's view of the daemon's cluster: reads and the status write go straight
+/// to it; the request's events are held, and posted in the background once the CNI
+/// answer is on its way ([`RequestCluster::post_held`]). The runtime waits for the
+/// answer, not for the events (Multus posts them asynchronously too), so their API
+/// writes no longer compete with the delegates and the status write for the CPU.
+pub struct RequestCluster {
+    cluster: Arc<DaemonCluster>,
+    held: std::sync::Mutex<Vec<HeldEvent>>,
+}
+
+struct HeldEvent {
+    pod: PodInfo,
+    kind: EventType,
+    reason: String,
+    message: String,
+}
+
+impl RequestCluster {
+    /// A view for one request.
+    pub fn new(cluster: Arc<DaemonCluster>) -> RequestCluster {
+        RequestCluster {
+            cluster,
+            held: Default::default(),
+        }
+    }
+
+    /// Posts the events held so far, in the background, in the order they came; it
+    /// returns at once.
+    pub fn post_held(&self) {
+        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
+        for e in held {
+            self.cluster.event(&e.pod, e.kind, &e.reason, &e.message);
+        }
+    }
+}
+
+impl Cluster for RequestCluster {
+    fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<PodInfo>> {
+        self.cluster.get_pod(namespace, name)
+    }
+
+    fn get_nad(&self, namespace: &str, name: &str) -> Result<Option<Nad>> {
+        self.cluster.get_nad(namespace, name)
+    }
+
+    fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {
+        self.cluster.set_network_status(pod, status)
+    }
+
+    fn posts_events_in_background(&self) -> bool {
+        true
+    }
+
+    fn event(&self, pod: &PodInfo, kind: EventType, reason: &str, message: &str) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(HeldEvent {
+                pod: pod.clone(),
+                kind,
+                reason: reason.to_string(),
+                message: message.to_string(),
+            });
+    }
+
+    fn pod_torn_down(&self, namespace: &str, name: &str) {
+        self.cluster.pod_torn_down(namespace, name)
+    }
+}

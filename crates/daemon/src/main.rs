@@ -6,7 +6,6 @@ use plexus_daemon::cache::{Caches, DaemonCluster};
 use plexus_daemon::config::DaemonConfig;
 use plexus_daemon::server::AppState;
 use plexus_daemon::{autoconf, bind_socket, serve, serve_metrics, ChrootExec};
-use plexus_engine::Cluster;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -78,7 +77,7 @@ async fn run(cfg: Arc<DaemonConfig>) -> Result<()> {
     let caches = client
         .as_ref()
         .map(|c| Caches::start(c, cfg.node_name.as_deref(), &handle));
-    let cluster: Option<Arc<dyn Cluster>> = match (&client, &caches) {
+    let cluster: Option<Arc<DaemonCluster>> = match (&client, &caches) {
         (Some(c), Some(caches)) => Some(Arc::new(DaemonCluster {
             caches: caches.clone(),
             client: c.clone(),

@@ -6,6 +6,7 @@
 // Handler helpers return the HTTP answer as their error; it is built once per request.
 #![allow(clippy::result_large_err)]
 
+use crate::cache::{DaemonCluster, RequestCluster};
 use crate::config::DaemonConfig;
 use crate::metrics::{ErrorLabels, Metrics, NetworkLabels, RequestLabels};
 use axum::body::Body;
@@ -33,7 +34,7 @@ pub struct AppState {
     /// The daemon configuration.
     pub cfg: Arc<DaemonConfig>,
     /// The cluster (caches + client), when Kubernetes is configured.
-    pub cluster: Option<Arc<dyn Cluster>>,
+    pub cluster: Option<Arc<DaemonCluster>>,
     /// How delegates are executed.
     pub exec: Option<Arc<dyn plexus_cni::exec::Exec>>,
     /// `/readyz` answer.
@@ -153,10 +154,17 @@ async fn cni(State(st): State<Arc<AppState>>, method: Method, body: Body) -> Res
     let permit = st.limiter.acquire().await;
     let st2 = st.clone();
     let env = req.env;
-    let outcome = blocking(move || run_cni(&st2, &env, &stdin)).await;
+    let cluster = st.cluster.clone().map(|c| Arc::new(RequestCluster::new(c)));
+    let view = cluster.clone();
+    let outcome = blocking(move || run_cni(&st2, view, &env, &stdin)).await;
     drop(permit);
     st.metrics.in_flight.dec();
-    respond(&st, "/cni", &command, started, outcome)
+    let answer = respond(&st, "/cni", &command, started, outcome);
+    // The request's events go out while the answer is written, not before it.
+    if let Some(c) = cluster {
+        c.post_held();
+    }
+    answer
 }
 
 /// Runs a request's blocking work (the engine waits on delegates and on API calls).
@@ -243,6 +251,8 @@ fn respond(
 
 struct DaemonPlugin<'a> {
     st: &'a AppState,
+    /// The request's view of the cluster.
+    cluster: Option<Arc<RequestCluster>>,
 }
 
 impl DaemonPlugin<'_> {
@@ -250,7 +260,7 @@ impl DaemonPlugin<'_> {
         let conf = NetConf::parse(&req.stdin)?;
         let cluster: Option<Arc<dyn Cluster>> = match &conf.plexus.local {
             Some(local) => Some(Arc::new(LocalCluster::new(local.clone(), &req.args))),
-            None => self.st.cluster.clone(),
+            None => self.cluster.clone().map(|c| c as Arc<dyn Cluster>),
         };
         let mut e = Engine::new(conf, cluster);
         if let Some(x) = &self.st.exec {
@@ -290,7 +300,12 @@ impl Plugin for DaemonPlugin<'_> {
     }
 }
 
-fn run_cni(st: &AppState, env: &HashMap<String, String>, stdin: &[u8]) -> Outcome {
+fn run_cni(
+    st: &AppState,
+    cluster: Option<Arc<RequestCluster>>,
+    env: &HashMap<String, String>,
+    stdin: &[u8],
+) -> Outcome {
     let args = plexus_cni::args::CniArgs::parse(
         env.get("CNI_ARGS").map(String::as_str).unwrap_or_default(),
     )
@@ -303,7 +318,8 @@ fn run_cni(st: &AppState, env: &HashMap<String, String>, stdin: &[u8]) -> Outcom
     let span = tracing::info_span!("cni", command = %env.get("CNI_COMMAND").map(String::as_str).unwrap_or(""),
         container = %env.get("CNI_CONTAINERID").map(String::as_str).unwrap_or(""), %pod);
     span.in_scope(|| {
-        let outcome = dispatch(&DaemonPlugin { st }, env, stdin);
+        let outcome = dispatch(&DaemonPlugin { st, cluster }, env, stdin);
+
         if outcome.exit_code == 0 {
             tracing::info!("done");
         } else {

@@ -314,7 +314,7 @@ fn del_after_a_state_file_cut_short_plans_again() {
 
 #[test]
 fn bad_annotations_and_missing_nads_leave_nothing() {
-    let n = node(1);
+    let n = node(2);
     std_nads(&n);
     let cases = [
         ("[{\"name\":\"br\"", "neither a comma-separated list"),
@@ -359,6 +359,15 @@ fn bad_annotations_and_missing_nads_leave_nothing() {
     let att = n.attachment(0, &unique("cid"), "demo", "p", &[("PLEXUS_NETWORKS", "br")]);
     let e = n.add(&att).unwrap_err();
     assert!(e.msg.contains("interface \"net1\" already exists"), "{e}");
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    // A second ADD of a container the runtime did not DEL is refused, and the first
+    // ADD's state stays on file: the DEL still removes everything it attached.
+    let att = n.attachment(1, &unique("cid"), "demo", "p", &[("PLEXUS_NETWORKS", "br")]);
+    n.add(&att).unwrap();
+    let e = n.add(&att).unwrap_err();
+    assert!(e.msg.contains("interface \"eth0\" already exists"), "{e}");
+    n.del(&att).unwrap();
+    assert_eq!(links(n.world.ctr(1)), ["lo"]);
     assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
 }
 

@@ -113,7 +113,7 @@ fn wait_events(api: &plexus_testapi::TestApiServer, uid: &str, n: usize) -> Vec<
 }
 
 #[test]
-fn added_interface_events_as_each_delegate_succeeds() {
+fn added_interface_events_are_posted_after_the_answer() {
     let (mut n, api) = kube_node();
     api.put(
         Resource::Nads,
@@ -139,8 +139,10 @@ fn added_interface_events_as_each_delegate_succeeds() {
     assert!(got[1].starts_with("Add net1 [198.51.100."), "{got:?}");
     assert!(got[1].ends_with("] from demo/br"), "{got:?}");
     n.del(&att).unwrap();
-    // The second network fails: the interfaces attached before it were reported as
-    // they came (as Multus does), then removed by the rollback; nothing is left.
+    // The second network fails: the interfaces attached before it are still reported
+    // (as Multus does), after the answer, and were removed by the rollback; nothing is
+    // left.
+
     let att = n.attachment(1, &unique("cid"), "demo", "half", &[]);
     let e = n.add(&att).unwrap_err();
     assert!(e.msg.contains("no-such-plugin"), "{}", e.msg);

@@ -68,10 +68,11 @@ pub trait Cluster: Send + Sync {
     fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()>;
     /// Records an event on the pod (best effort, never fails the operation).
     fn event(&self, pod: &PodInfo, kind: EventType, reason: &str, message: &str);
-    /// True when [`Cluster::event`] returns at once and the post goes on in the
-    /// background: the engine then records each `AddedInterface` as soon as its delegate
-    /// has succeeded, as Multus does, so the posts overlap the next delegates instead of
-    /// the answer. False: the events go with the status write ([`Cluster::report_add`]).
+    /// True when [`Cluster::event`] returns at once and the post is made in the
+    /// background (the daemon holds a request's events until its answer is on its
+    /// way): the engine then records each `AddedInterface` as soon as its delegate has
+    /// succeeded, as Multus does, so an ADD that fails later has reported the interfaces
+    /// it added. False: the events go with the status write ([`Cluster::report_add`]).
     fn posts_events_in_background(&self) -> bool {
         false
     }

@@ -5,7 +5,7 @@ use crate::config::NetConf;
 use crate::plan::{self, PlanInput, Planned};
 use crate::resolve::Resolver;
 use crate::routes;
-use crate::state::{AttachmentState, PodState, StateStore, STATE_VERSION};
+use crate::state::{AttachmentState, PodState, StateStore, StateSync, STATE_VERSION};
 use plexus_cni::args::CniArgs;
 use plexus_cni::config::NetworkConfigList;
 use plexus_cni::result::Result100;
@@ -220,15 +220,6 @@ impl Engine {
         let planned = plan::attachments(&r, &input, nets, &self.conf.runtime_config)?;
         let wanted: Vec<&Planned> = planned.iter().filter(|p| !p.auxiliary).collect();
         let names: Vec<String> = wanted.iter().map(|p| p.ifname.clone()).collect();
-        let existing = probe
-            .run(names)
-            .map_err(|e| CniError::invalid_env(format!("CNI_NETNS: {e}")))?;
-        if let Some(i) = existing {
-            return Err(CniError::invalid_config(format!(
-                "network \"{}\": interface {:?} already exists in {netns_path}",
-                wanted[i].name, wanted[i].ifname
-            )));
-        }
         let mut st = PodState {
             version: STATE_VERSION,
             container_id: req.container_id.clone(),
@@ -242,8 +233,48 @@ impl Engine {
             attachments: planned.iter().map(to_state).collect(),
         };
         // Every planned attachment is on file before the first delegate runs; it reaches
-        // the disk while the delegates work, and the ADD succeeds only once it has.
-        let syncing = self.state.save_then_sync(&st)?;
+        // the disk while the delegates work, and the ADD succeeds only once it has. With
+        // no state on file for this container, it is written while the probe finishes in
+        // the pod's namespace (and removed if the probe refuses the ADD); a state already
+        // there (an ADD the runtime did not DEL) is replaced only once the probe passed,
+        // so a refused ADD never loses what a DEL will need.
+        let early = if self.state.path(&req.container_id)?.exists() {
+            None
+        } else {
+            Some(self.state.save_then_sync(&st)?)
+        };
+        let refused = |e: CniError, early: Option<StateSync>| {
+            if let Some(s) = early {
+                let _ = s.wait();
+                if let Err(r) = self.state.remove(&req.container_id) {
+                    tracing::error!(error = %r, "cannot remove the state of a refused ADD");
+                }
+            }
+            e
+        };
+        let existing = match probe.run(names) {
+            Ok(x) => x,
+            Err(e) => {
+                return Err(refused(
+                    CniError::invalid_env(format!("CNI_NETNS: {e}")),
+                    early,
+                ))
+            }
+        };
+        if let Some(i) = existing {
+            return Err(refused(
+                CniError::invalid_config(format!(
+                    "network \"{}\": interface {:?} already exists in {netns_path}",
+                    wanted[i].name, wanted[i].ifname
+                )),
+                early,
+            ));
+        }
+        let syncing = match early {
+            Some(s) => s,
+            None => self.state.save_then_sync(&st)?,
+        };
+
         let rt = self.runtime(&req.cni_path);
         let mut added: Vec<Added> = Vec::with_capacity(planned.len());
         let early_events = match (&self.cluster, &pod) {
