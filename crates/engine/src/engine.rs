@@ -180,13 +180,16 @@ impl Engine {
             .ok_or_else(|| CniError::invalid_env("CNI_NETNS is required"))?;
         let netns = NetNs::open(&netns_path)
             .map_err(|e| CniError::invalid_env(format!("CNI_NETNS: {e}")))?;
-        // Enter the pod's namespace now, while the pod and its NADs are read; the names
-        // are checked there once planned (one entry for all of them).
+        // List the interfaces already in the pod's namespace, on a thread there, while
+        // the pod and its NADs are read and the plan is made; the planned names are
+        // checked against the list.
         let probe = netns
-            .enter_ahead(|names: Vec<String>| {
-                names
-                    .iter()
-                    .position(|n| nix::net::if_::if_nametoindex(n.as_str()).is_ok())
+            .run_ahead(|| {
+                nix::net::if_::if_nameindex().map(|ifs| {
+                    ifs.iter()
+                        .map(|i| i.name().to_string_lossy().into_owned())
+                        .collect::<HashSet<String>>()
+                })
             })
             .map_err(|e| CniError::invalid_env(format!("CNI_NETNS: {e}")))?;
         self.wait_ready()?;
@@ -219,7 +222,6 @@ impl Engine {
         let nets = plan::networks(&r, &input)?;
         let planned = plan::attachments(&r, &input, nets, &self.conf.runtime_config)?;
         let wanted: Vec<&Planned> = planned.iter().filter(|p| !p.auxiliary).collect();
-        let names: Vec<String> = wanted.iter().map(|p| p.ifname.clone()).collect();
         let mut st = PodState {
             version: STATE_VERSION,
             container_id: req.container_id.clone(),
@@ -252,8 +254,16 @@ impl Engine {
             }
             e
         };
-        let existing = match probe.run(names) {
-            Ok(x) => x,
+        let present = match probe.wait() {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                return Err(refused(
+                    CniError::invalid_env(format!(
+                        "CNI_NETNS: listing the interfaces of {netns_path}: {e}"
+                    )),
+                    early,
+                ))
+            }
             Err(e) => {
                 return Err(refused(
                     CniError::invalid_env(format!("CNI_NETNS: {e}")),
@@ -261,6 +271,8 @@ impl Engine {
                 ))
             }
         };
+        let existing = wanted.iter().position(|p| present.contains(&p.ifname));
+
         if let Some(i) = existing {
             return Err(refused(
                 CniError::invalid_config(format!(

@@ -135,16 +135,13 @@ impl NetNs {
         })
     }
 
-    /// Enters the namespace now, on a dedicated thread, which then waits for its input
-    /// and runs `f` on it there: the cost of starting the thread and entering overlaps
-    /// with whatever the caller does meanwhile. Dropping the result without
-    /// [`Entered::run`] ends the thread.
-    pub fn enter_ahead<I, O>(
-        &self,
-        f: impl FnOnce(I) -> O + Send + 'static,
-    ) -> Result<Entered<I, O>>
+    /// Starts `f` in the namespace now, on a dedicated thread, and returns at once: the
+    /// cost of starting the thread, entering and working overlaps with whatever the
+    /// caller does meanwhile; [`Ahead::wait`] takes the outcome (by then the thread has
+    /// usually ended, so nothing wakes it on the caller's path). Dropping the result
+    /// without waiting lets the thread finish on its own.
+    pub fn run_ahead<O>(&self, f: impl FnOnce() -> O + Send + 'static) -> Result<Ahead<O>>
     where
-        I: Send + 'static,
         O: Send + 'static,
     {
         let file = self.file.try_clone().map_err(|source| NetnsError::Open {
@@ -152,39 +149,31 @@ impl NetNs {
             source,
         })?;
         let path = self.path.clone();
-        let (tx, rx) = std::sync::mpsc::channel::<I>();
         let thread = std::thread::spawn(move || {
             setns(&file, CloneFlags::CLONE_NEWNET)
                 .map_err(|source| NetnsError::Enter { path, source })?;
             // The thread ends right after: nothing runs on it in this namespace again.
-            Ok(rx.recv().ok().map(f))
+            Ok(f())
         });
-        Ok(Entered {
-            tx,
+        Ok(Ahead {
             thread,
             path: self.path.clone(),
         })
     }
 }
 
-/// A thread inside a namespace waiting for its input (see [`NetNs::enter_ahead`]).
-pub struct Entered<I, O> {
-    tx: std::sync::mpsc::Sender<I>,
-    thread: std::thread::JoinHandle<Result<Option<O>>>,
+/// Work started inside a namespace (see [`NetNs::run_ahead`]).
+pub struct Ahead<O> {
+    thread: std::thread::JoinHandle<Result<O>>,
     path: PathBuf,
 }
 
-impl<I, O> Entered<I, O> {
-    /// Gives the thread its input and returns what `f` made of it.
-    pub fn run(self, input: I) -> Result<O> {
-        // A send fails only when the thread has ended: its result says why.
-        let _ = self.tx.send(input);
-        drop(self.tx);
-        match self.thread.join() {
-            Ok(Ok(Some(out))) => Ok(out),
-            Ok(Ok(None)) | Err(_) => Err(NetnsError::Panicked(self.path)),
-            Ok(Err(e)) => Err(e),
-        }
+impl<O> Ahead<O> {
+    /// Waits for the work and returns what it made.
+    pub fn wait(self) -> Result<O> {
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(NetnsError::Panicked(self.path)))
     }
 }
 
@@ -370,21 +359,16 @@ mod tests {
         assert_eq!(NetNs::current().unwrap().id().unwrap(), here);
         assert!(ns.run(|| panic!("boom")).is_err());
         assert_eq!(NetNs::current().unwrap().id().unwrap(), here);
-        // Entered ahead: the input arrives later, the work runs inside.
+        // Run ahead: the work runs inside while the caller goes on.
         let opened = ns.open().unwrap();
         let ahead = opened
-            .enter_ahead(|suffix: &str| {
-                format!("{}{suffix}", NetNs::current().unwrap().id().unwrap())
-            })
+            .run_ahead(|| NetNs::current().unwrap().id().unwrap())
             .unwrap();
-        assert_eq!(ahead.run("!").unwrap(), format!("{inside}!"));
-        let unused = opened.enter_ahead(|_: ()| ()).unwrap();
+        assert_eq!(ahead.wait().unwrap(), inside);
+        let unused = opened.run_ahead(|| ()).unwrap();
         drop(unused);
-        assert!(opened
-            .enter_ahead(|_: ()| panic!("boom"))
-            .unwrap()
-            .run(())
-            .is_err());
+        assert!(opened.run_ahead(|| panic!("boom")).unwrap().wait().is_err());
+
         assert_eq!(NetNs::current().unwrap().id().unwrap(), here);
         let path = ns.path().to_path_buf();
         ns.remove().unwrap();
