@@ -154,6 +154,35 @@ fn added_interface_events_are_posted_after_the_answer() {
 }
 
 #[test]
+fn the_status_write_retries_a_conflict_and_its_failure_rolls_the_add_back() {
+    let (mut n, api) = kube_node();
+    api.put(Resource::Pods, pod_object("demo", "p", "u1", Some("br")));
+    let d = Daemon::start(&n, json!({}));
+    thick(&mut n);
+    // A conflict: the pod is read again and the write retried.
+    api.fail_when("PATCH", "/status", 1, 409);
+    let att = n.attachment(0, &unique("cid"), "demo", "p", &[]);
+    n.add(&att).unwrap();
+    assert_eq!(api.count("PATCH", "/pods/p/status"), 2);
+    assert_eq!(api.count("GET", "/pods/p"), 1);
+    n.del(&att).unwrap();
+    // A server error: the ADD fails with it, after everything it attached is deleted.
+    api.fail_when("PATCH", "/status", 1, 500);
+    let att = n.attachment(1, &unique("cid"), "demo", "p", &[]);
+    let e = n.add(&att).unwrap_err();
+    assert_eq!(e.code, 11, "{e}");
+    assert!(
+        e.msg.contains("pod \"demo/p\": writing network-status"),
+        "{e}"
+    );
+    assert_eq!(links(n.world.ctr(1)), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    // The runtime's DEL after the failed ADD finds nothing left to do.
+    n.del(&att).unwrap();
+    d.stop();
+}
+
+#[test]
 fn daemon_restart_between_add_and_del() {
     let (mut n, api) = kube_node();
     api.put(Resource::Pods, pod_object("demo", "p", "u1", Some("br")));
