@@ -51,6 +51,31 @@ pub struct ExecOutput {
 pub trait Exec: Send + Sync {
     /// Runs the binary to completion or until the timeout.
     fn run(&self, req: &ExecRequest<'_>) -> Result<ExecOutput>;
+
+    /// Starts the binary now without giving it its stdin yet (see
+    /// [`crate::runtime::Runtime::prestart_add`]); `None` when this executor cannot, and
+    /// the runtime then runs the binary when it is needed.
+    fn start(&self, _req: &StartRequest<'_>) -> Result<Option<Box<dyn Prestarted>>> {
+        Ok(None)
+    }
+}
+
+/// A binary to start ahead of its stdin.
+#[derive(Debug, Clone)]
+pub struct StartRequest<'a> {
+    /// The binary.
+    pub binary: &'a Path,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// The whole environment of the child.
+    pub env: Vec<(String, String)>,
+}
+
+/// A started child waiting for its stdin; dropped unfinished, it is killed and reaped.
+pub trait Prestarted: Send {
+    /// Writes `input` to its stdin and collects it as [`Exec::run`] does; the timeout
+    /// counts from now.
+    fn finish(self: Box<Self>, input: &[u8], timeout: Duration) -> Result<ExecOutput>;
 }
 
 /// Runs real processes.
@@ -216,11 +241,33 @@ fn exits_by(pidfd: &OwnedFd, deadline: Instant) -> bool {
 
 impl Exec for ProcessExec {
     fn run(&self, req: &ExecRequest<'_>) -> Result<ExecOutput> {
-        let shown = req.binary.display();
-        let mut child = Command::new(req.binary)
-            .args(&req.args)
+        Box::new(Started::spawn(req.binary, &req.args, &req.env)?).finish(req.stdin, req.timeout)
+    }
+
+    fn start(&self, req: &StartRequest<'_>) -> Result<Option<Box<dyn Prestarted>>> {
+        Ok(Some(Box::new(Started::spawn(
+            req.binary, &req.args, &req.env,
+        )?)))
+    }
+}
+
+/// A child started with its pipes, not yet given its stdin. Dropped unfinished, it is
+/// killed with its process group and reaped.
+struct Started {
+    /// `None` once a waiter thread owns it.
+    child: Option<Child>,
+    pid: Pid,
+    shown: String,
+    pipes: Option<(ChildStdin, ChildStdout, ChildStderr)>,
+}
+
+impl Started {
+    fn spawn(binary: &Path, args: &[String], env: &[(String, String)]) -> Result<Started> {
+        let shown = binary.display().to_string();
+        let mut child = Command::new(binary)
+            .args(args)
             .env_clear()
-            .envs(req.env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -228,13 +275,49 @@ impl Exec for ProcessExec {
             .process_group(0)
             .spawn()
             .map_err(|e| CniError::internal(format!("cannot execute {shown}: {e}")))?;
-        let deadline = Instant::now() + req.timeout;
-        let pid = Pid::from_raw(child.id() as i32);
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        let pipes = match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+            (Some(i), Some(o), Some(e)) => Some((i, o, e)),
+            _ => None,
+        };
+        let mut started = Started {
+            pid: Pid::from_raw(child.id() as i32),
+            child: Some(child),
+            shown,
+            pipes,
+        };
+        if started.pipes.is_none() {
+            started.kill();
+            return Err(CniError::internal(format!(
+                "{}: child pipes missing",
+                started.shown
+            )));
+        }
+        Ok(started)
+    }
+
+    /// Kills the child and its group and reaps it, unless it was reaped already.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = killpg(self.pid, Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Prestarted for Started {
+    fn finish(mut self: Box<Self>, input: &[u8], timeout: Duration) -> Result<ExecOutput> {
+        let shown = self.shown.clone();
+        let deadline = Instant::now() + timeout;
+        let pid = self.pid;
+        let (Some((stdin, stdout, stderr)), Some(mut child)) =
+            (self.pipes.take(), self.child.take())
         else {
-            let _ = killpg(pid, Signal::SIGKILL);
-            let _ = child.wait();
             return Err(CniError::internal(format!("{shown}: child pipes missing")));
         };
         let finished = |p: &std::io::Result<Pumped>| matches!(p, Ok(p) if !p.timed_out);
@@ -242,7 +325,7 @@ impl Exec for ProcessExec {
             // This thread moves the bytes, then waits for the exit on a pidfd, both
             // bounded by the deadline.
             Some(fd) => {
-                let pumped = pump(stdin, stdout, stderr, req.stdin, deadline);
+                let pumped = pump(stdin, stdout, stderr, input, deadline);
                 let exited = finished(&pumped) && exits_by(&fd, deadline);
                 if !exited {
                     let _ = killpg(pid, Signal::SIGKILL);
@@ -256,7 +339,7 @@ impl Exec for ProcessExec {
                 let waiter = std::thread::spawn(move || {
                     let _ = tx.send(child.wait());
                 });
-                let pumped = pump(stdin, stdout, stderr, req.stdin, deadline);
+                let pumped = pump(stdin, stdout, stderr, input, deadline);
                 let status = if finished(&pumped) {
                     rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
                         .ok()
@@ -276,10 +359,7 @@ impl Exec for ProcessExec {
                 Err(e) => CniError::io(format!("talking to {shown}: {e}")),
                 Ok(_) => CniError::new(
                     code::TRY_AGAIN_LATER,
-                    format!(
-                        "{shown} did not finish within {:?} and was killed",
-                        req.timeout
-                    ),
+                    format!("{shown} did not finish within {timeout:?} and was killed"),
                 ),
             });
         };

@@ -6,13 +6,13 @@ use crate::args::CniArgs;
 use crate::cache::{CacheEntry, ResultCache};
 use crate::config::{NetworkConfigList, PluginConf};
 use crate::error::{code, CniError, Result};
-use crate::exec::{self, Exec, ExecRequest, ProcessExec};
+use crate::exec::{self, Exec, ExecRequest, Prestarted, ProcessExec, StartRequest};
 use crate::result::CniResult;
 use crate::version::Version;
 use crate::{validate, version};
 use serde_json::{json, Map, Value};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Default time a single plugin execution may take.
@@ -84,6 +84,20 @@ pub struct Runtime {
     pub timeout: Duration,
     /// `PATH` given to plugins (they run helpers such as iptables).
     pub path_env: String,
+    /// In an ADD of a chain, start each plugin's process while the one before it works
+    /// (see [`Runtime::prestart_add`]). Off by default, as libcni runs them.
+    pub prestart_chained: bool,
+    /// Plugins started ahead of their turn (see [`Runtime::prestart_add`]), shared by
+    /// clones; dropped with the last clone, unused ones are killed.
+    prestarted: Arc<Mutex<Vec<Ahead>>>,
+}
+
+/// A plugin process started ahead, waiting for its stdin.
+struct Ahead {
+    op: Op,
+    binary: PathBuf,
+    env: Vec<(String, String)>,
+    child: Box<dyn Prestarted>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -106,7 +120,61 @@ impl Runtime {
             path_env: std::env::var("PATH").unwrap_or_else(|_| {
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
             }),
+            prestart_chained: false,
+            prestarted: Default::default(),
         }
+    }
+
+    /// Starts the first plugin of `list` for an ADD of `att` now, ahead of its turn: the
+    /// process starts (exec, loader, language runtime) while the caller does other work,
+    /// then waits for its configuration on stdin, which it gets when
+    /// [`Runtime::add_list`] reaches it. Nothing happens to the network before then: a
+    /// plugin acts on the configuration it reads from stdin (CNI §3), and one that is
+    /// never given it (the ADD failed earlier) is killed. Best effort: a plugin that
+    /// cannot be started now is started in its turn, as usual.
+    pub fn prestart_add(&self, list: &NetworkConfigList, att: &Attachment) {
+        if let Some(p) = list.plugins.first() {
+            self.prestart(Op::Add, p.plugin_type(), att);
+        }
+    }
+
+    fn prestart(&self, op: Op, plugin_type: &str, att: &Attachment) {
+        let Ok(binary) = exec::find_plugin(plugin_type, &self.paths) else {
+            return;
+        };
+        let env = self.env(op, Some(att));
+        let started = self.exec.start(&StartRequest {
+            binary: &binary,
+            args: vec![],
+            env: env.clone(),
+        });
+        if let Ok(Some(child)) = started {
+            lock(&self.prestarted).push(Ahead {
+                op,
+                binary,
+                env,
+                child,
+            });
+        }
+    }
+
+    /// The plugin process started ahead for exactly this execution, if any.
+    fn take_prestarted(
+        &self,
+        op: Op,
+        binary: &Path,
+        env: &[(String, String)],
+    ) -> Option<Box<dyn Prestarted>> {
+        let mut ahead = lock(&self.prestarted);
+        let i = ahead
+            .iter()
+            .position(|a| a.op == op && a.binary == binary && a.env == env)?;
+        Some(ahead.remove(i).child)
+    }
+
+    /// Kills the plugins started ahead that were not used (an ADD that failed first).
+    pub fn discard_prestarted(&self) {
+        lock(&self.prestarted).clear();
     }
 
     fn cni_path(&self) -> String {
@@ -147,13 +215,16 @@ impl Runtime {
             command = op.as_str(),
             "executing plugin"
         );
-        let out = self.exec.run(&ExecRequest {
-            args: vec![],
-            binary: &binary,
-            env,
-            stdin: request,
-            timeout: self.timeout,
-        })?;
+        let out = match self.take_prestarted(op, &binary, &env) {
+            Some(child) => child.finish(request, self.timeout)?,
+            None => self.exec.run(&ExecRequest {
+                args: vec![],
+                binary: &binary,
+                env,
+                stdin: request,
+                timeout: self.timeout,
+            })?,
+        };
         if !out.stderr.is_empty() {
             // Delegates' stderr is forwarded (spec §4), as log lines of ours.
             tracing::info!(plugin = plugin_type, stderr = %String::from_utf8_lossy(&out.stderr).trim_end(), "plugin stderr");
@@ -180,8 +251,13 @@ impl Runtime {
             Some(p) => Some(p.convert_to(&list.cni_version)?),
             None => None,
         };
-        for plugin in &list.plugins {
+        for (i, plugin) in list.plugins.iter().enumerate() {
+            // The next plugin of the chain starts while this one works.
+            if let (true, Some(next)) = (self.prestart_chained, list.plugins.get(i + 1)) {
+                self.prestart(Op::Add, next.plugin_type(), att);
+            }
             let req = derive_request(plugin, list, Op::Add, prev.as_ref(), &att.capability_args)?;
+
             let out = self
                 .exec_plugin(Op::Add, plugin.plugin_type(), &req, Some(att))
                 .map_err(|e| ctx(e, list, plugin, Op::Add))?;
@@ -514,6 +590,10 @@ pub fn derive_request(
             .to_string()
             .into_bytes(),
     )
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -356,3 +356,68 @@ fn plugin_version_probe_and_validation() {
         "{e}"
     );
 }
+
+/// Processes, zombies included, running the binary `path` (its name is unique and
+/// shorter than the kernel's 15-byte `comm`).
+fn processes_of(path: &Path) -> usize {
+    let name = path.file_name().unwrap().to_string_lossy().to_string();
+    assert!(name.len() <= 15);
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim_end() == name)
+        .count()
+}
+
+#[test]
+fn plugins_started_ahead_act_only_on_their_turn_and_are_killed_when_unused() {
+    let d = dirs();
+    // A copy under a name of its own, so this test's processes can be counted.
+    let bin_dir = d.cache.parent().unwrap().join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let name = unique("ahead");
+    let bin = bin_dir.join(&name);
+    std::fs::copy(PLUGIN, &bin).unwrap();
+    let mut rt = Runtime::new(vec![bin_dir.clone()], Some(d.cache.clone()));
+    rt.prestart_chained = true;
+
+    let l = NetworkConfigList::from_value(
+        json!({"cniVersion": "1.0.0", "name": unique("prt"), "plugins": [
+        {"type": name, "recordDir": d.rec},
+        {"type": name, "recordDir": d.rec, "ip": "2001:db8::7/64"}]}),
+    )
+    .unwrap();
+    let a = att(&unique("cid"));
+    // Started ahead: the process runs, but it does nothing before its configuration comes.
+    rt.prestart_add(&l, &a);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(processes_of(&bin), 1);
+    assert!(recorded_calls(&d.rec).is_empty());
+    // Its turn: the chain's ADD as usual, each plugin given its configuration in order.
+    let r = rt.add_list(&l, &a).unwrap().to_current();
+    assert_eq!(commands(&d.rec), ["ADD", "ADD"]);
+    let calls = recorded_calls(&d.rec);
+    assert!(calls[0]["config"].get("prevResult").is_none());
+    assert!(calls[1]["config"].get("prevResult").is_some());
+    assert!(r
+        .ips
+        .iter()
+        .any(|ip| ip.address.to_string() == "2001:db8::7/64"));
+    assert_eq!(processes_of(&bin), 0);
+    // Started ahead and never given its turn (an ADD that failed first): killed and
+    // reaped, nothing done.
+    rt.prestart_add(&l, &att(&unique("cid")));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while processes_of(&bin) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(processes_of(&bin), 1);
+    rt.discard_prestarted();
+
+    assert_eq!(processes_of(&bin), 0);
+    // Dropping the runtime does the same.
+    rt.prestart_add(&l, &att(&unique("cid")));
+    drop(rt);
+    assert_eq!(processes_of(&bin), 0);
+    assert_eq!(commands(&d.rec), ["ADD", "ADD"]);
+}

@@ -49,6 +49,9 @@ pub struct PlexusConf {
     pub delegate_timeout_seconds: u64,
     /// Directory of CNI device-info files (device-info-spec §4.2).
     pub device_info_dir: PathBuf,
+    /// Start each delegate's process ahead of its turn (it gets its configuration, and
+    /// acts, only in its turn).
+    pub prestart_delegates: bool,
 }
 
 impl Default for PlexusConf {
@@ -60,6 +63,7 @@ impl Default for PlexusConf {
             readiness_timeout_seconds: 45,
             delegate_timeout_seconds: 120,
             device_info_dir: PathBuf::from("/var/run/k8s.cni.cncf.io/devinfo/cni"),
+            prestart_delegates: true,
         }
     }
 }
@@ -228,6 +232,7 @@ mod tests {
         assert_eq!(c.system_namespaces, ["kube-system"]);
         assert_eq!(c.global_namespaces(), ["default"]);
         assert_eq!(c.plexus.readiness_timeout_seconds, 45);
+        assert!(c.plexus.prestart_delegates);
     }
 
     #[test]

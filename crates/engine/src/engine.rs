@@ -122,6 +122,8 @@ impl Engine {
         );
         let mut rt = Runtime::new(paths, Some(self.conf.cni_dir.clone()));
         rt.timeout = self.conf.delegate_timeout();
+        rt.prestart_chained = self.conf.plexus.prestart_delegates;
+
         if let Some(e) = &self.exec {
             rt.exec = e.clone();
         }
@@ -221,6 +223,14 @@ impl Engine {
         let r = self.resolver();
         let nets = plan::networks(&r, &input)?;
         let planned = plan::attachments(&r, &input, nets, &self.conf.runtime_config)?;
+        // The first delegate's process starts now, while the plan is checked and the
+        // state written; it acts only once it is given its configuration (see
+        // Runtime::prestart_add), and is killed if the ADD stops before.
+        let rt = self.runtime(&req.cni_path);
+        let ahead = self.conf.plexus.prestart_delegates;
+        if let (true, Some(first)) = (ahead, planned.first()) {
+            rt.prestart_add(&first.list, &planned_attachment(req, &netns_path, first));
+        }
         let wanted: Vec<&Planned> = planned.iter().filter(|p| !p.auxiliary).collect();
         let mut st = PodState {
             version: STATE_VERSION,
@@ -287,14 +297,19 @@ impl Engine {
             None => self.state.save_then_sync(&st)?,
         };
 
-        let rt = self.runtime(&req.cni_path);
         let mut added: Vec<Added> = Vec::with_capacity(planned.len());
         let early_events = match (&self.cluster, &pod) {
             (Some(c), Some(pod)) if c.posts_events_in_background() => Some((c, pod)),
             _ => None,
         };
-        for (i, p) in planned.into_iter().enumerate() {
-            match self.add_one(&rt, req, &netns_path, &p) {
+        for i in 0..planned.len() {
+            // The next delegate's process starts while this one works.
+            if let (true, Some(next)) = (ahead, planned.get(i + 1)) {
+                rt.prestart_add(&next.list, &planned_attachment(req, &netns_path, next));
+            }
+
+            let p = &planned[i];
+            match self.add_one(&rt, req, &netns_path, p) {
                 Ok(a) => {
                     st.attachments[i].result = Some(a.result.to_current_value());
                     if let (Some((c, pod)), Some((kind, reason, msg))) =
@@ -321,13 +336,8 @@ impl Engine {
     }
 
     fn add_one(&self, rt: &Runtime, req: &Request, netns: &str, p: &Planned) -> Result<Added> {
-        let att = attachment(
-            &req.container_id,
-            Some(netns),
-            p.ifname.clone(),
-            p.cni_args.clone(),
-            p.capability_args.clone(),
-        );
+        let att = planned_attachment(req, netns, p);
+
         let ctx =
             |e: CniError| e.context(format!("network \"{}\" (interface {:?})", p.name, p.ifname));
         let result = if p.auxiliary {
@@ -414,6 +424,8 @@ impl Engine {
     }
 
     fn rollback(&self, rt: &Runtime, st: &mut PodState, cause: CniError) -> CniError {
+        rt.discard_prestarted();
+
         tracing::warn!(error = %cause, container = %st.container_id, "ADD failed, deleting what was attempted");
         match self.del_state(rt, st) {
             Ok(()) => {
@@ -747,6 +759,17 @@ fn to_state(p: &Planned) -> AttachmentState {
         device_info_file: p.device_info_file.clone(),
         auxiliary: p.auxiliary,
     }
+}
+
+/// The runtime's attachment of a planned network.
+fn planned_attachment(req: &Request, netns: &str, p: &Planned) -> Attachment {
+    attachment(
+        &req.container_id,
+        Some(netns),
+        p.ifname.clone(),
+        p.cni_args.clone(),
+        p.capability_args.clone(),
+    )
 }
 
 fn attachment(
