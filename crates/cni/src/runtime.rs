@@ -129,7 +129,7 @@ impl Runtime {
     /// process starts (exec, loader, language runtime) while the caller does other work,
     /// then waits for its configuration on stdin, which it gets when
     /// [`Runtime::add_list`] reaches it. Nothing happens to the network before then: a
-    /// plugin acts on the configuration it reads from stdin (CNI §3), and one that is
+    /// plugin acts on the configuration it reads from stdin (CNI §2), and one that is
     /// never given it (the ADD failed earlier) is killed. Best effort: a plugin that
     /// cannot be started now is started in its turn, as usual.
     pub fn prestart_add(&self, list: &NetworkConfigList, att: &Attachment) {
