@@ -257,7 +257,6 @@ impl Runtime {
                 self.prestart(Op::Add, next.plugin_type(), att);
             }
             let req = derive_request(plugin, list, Op::Add, prev.as_ref(), &att.capability_args)?;
-
             let out = self
                 .exec_plugin(Op::Add, plugin.plugin_type(), &req, Some(att))
                 .map_err(|e| ctx(e, list, plugin, Op::Add))?;

@@ -123,7 +123,6 @@ impl Engine {
         let mut rt = Runtime::new(paths, Some(self.conf.cni_dir.clone()));
         rt.timeout = self.conf.delegate_timeout();
         rt.prestart_chained = self.conf.plexus.prestart_delegates;
-
         if let Some(e) = &self.exec {
             rt.exec = e.clone();
         }
@@ -264,25 +263,17 @@ impl Engine {
             }
             e
         };
-        let present = match probe.wait() {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                return Err(refused(
-                    CniError::invalid_env(format!(
-                        "CNI_NETNS: listing the interfaces of {netns_path}: {e}"
-                    )),
-                    early,
-                ))
-            }
+        let present = probe.wait().map_err(|e| e.to_string()).and_then(|listed| {
+            listed.map_err(|e| format!("listing the interfaces of {netns_path}: {e}"))
+        });
+        let present = match present {
+            Ok(names) => names,
             Err(e) => {
-                return Err(refused(
-                    CniError::invalid_env(format!("CNI_NETNS: {e}")),
-                    early,
-                ))
+                let e = CniError::invalid_env(format!("CNI_NETNS: {e}"));
+                return Err(refused(e, early));
             }
         };
         let existing = wanted.iter().position(|p| present.contains(&p.ifname));
-
         if let Some(i) = existing {
             return Err(refused(
                 CniError::invalid_config(format!(
@@ -296,7 +287,6 @@ impl Engine {
             Some(s) => s,
             None => self.state.save_then_sync(&st)?,
         };
-
         let mut added: Vec<Added> = Vec::with_capacity(planned.len());
         let early_events = match (&self.cluster, &pod) {
             (Some(c), Some(pod)) if c.posts_events_in_background() => Some((c, pod)),
@@ -307,7 +297,6 @@ impl Engine {
             if let (true, Some(next)) = (ahead, planned.get(i + 1)) {
                 rt.prestart_add(&next.list, &planned_attachment(req, &netns_path, next));
             }
-
             let p = &planned[i];
             match self.add_one(&rt, req, &netns_path, p) {
                 Ok(a) => {
