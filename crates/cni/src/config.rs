@@ -85,6 +85,36 @@ impl PluginConf {
     pub fn to_value(&self) -> Value {
         Value::Object(self.raw.clone())
     }
+
+    /// Merges `extra` into `args.cni` (the keys of `extra` win), as Multus passes a
+    /// selection element's `cni-args`. An `args` or `args.cni` that is not an object is
+    /// replaced by one: a plugin could not have read it as CNI args anyway.
+    pub fn merge_cni_args(&mut self, extra: &Map<String, Value>) {
+        if extra.is_empty() {
+            return;
+        }
+        let args = self
+            .raw
+            .entry("args")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !args.is_object() {
+            *args = Value::Object(Map::new());
+        }
+        let Some(args) = args.as_object_mut() else {
+            return;
+        };
+        let cni = args
+            .entry("cni")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !cni.is_object() {
+            *cni = Value::Object(Map::new());
+        }
+        if let Some(m) = cni.as_object_mut() {
+            for (k, v) in extra {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+    }
 }
 
 /// A network configuration list, with its negotiated version.
@@ -258,6 +288,25 @@ fn check_version(name: &str, v: &str) -> Result<()> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn cni_args_merge_into_whatever_args_holds() {
+        let extra: Map<String, Value> = serde_json::from_value(json!({"a": 1})).unwrap();
+        for args in [
+            json!(null),
+            json!("x"),
+            json!({"cni": 7}),
+            json!({"cni": {"b": 2}}),
+        ] {
+            let mut p = PluginConf::from_value(json!({"type": "t", "args": args})).unwrap();
+            p.merge_cni_args(&extra);
+            assert_eq!(p.to_value()["args"]["cni"]["a"], 1, "{args}");
+        }
+        let mut p =
+            PluginConf::from_value(json!({"type": "t", "args": {"cni": {"b": 2}}})).unwrap();
+        p.merge_cni_args(&extra);
+        assert_eq!(p.to_value()["args"]["cni"], json!({"b": 2, "a": 1}));
+    }
 
     #[test]
     fn list_keeps_unknown_keys_in_order() {

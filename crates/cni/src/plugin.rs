@@ -130,19 +130,80 @@ fn var<'a>(env: &'a HashMap<String, String>, k: &str) -> &'a str {
     env.get(k).map(String::as_str).unwrap_or_default()
 }
 
+/// A plugin's answer before it is printed.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// ADD's result, in the configuration's `cniVersion`.
+    Result(Box<CniResult>),
+    /// DEL, CHECK, STATUS or GC succeeded.
+    Done,
+    /// VERSION's document.
+    Version(Vec<u8>),
+}
+
+/// A plugin's answer and the version its error, if any, is printed in.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The reply, or the error.
+    pub reply: Result<Reply>,
+    /// The configuration's `cniVersion` once it was read and supported, else the
+    /// current one.
+    pub cni_version: String,
+}
+
+impl Answer {
+    /// What the process prints and exits with.
+    pub fn into_outcome(self) -> Outcome {
+        match self.reply {
+            Ok(Reply::Result(r)) => Outcome {
+                stdout: r.to_json(),
+                exit_code: 0,
+            },
+            Ok(Reply::Done) => Outcome {
+                stdout: Vec::new(),
+                exit_code: 0,
+            },
+            Ok(Reply::Version(v)) => Outcome {
+                stdout: v,
+                exit_code: 0,
+            },
+            Err(e) => Outcome {
+                stdout: e.to_json(&self.cni_version),
+                exit_code: 1,
+            },
+        }
+    }
+}
+
 /// Runs `plugin` for the given environment and stdin.
 pub fn dispatch(plugin: &dyn Plugin, env: &HashMap<String, String>, stdin: &[u8]) -> Outcome {
-    let mut version_for_errors = version::CURRENT.to_string();
-    match dispatch_inner(plugin, env, stdin, &mut version_for_errors) {
-        Ok(stdout) => Outcome {
-            stdout,
-            exit_code: 0,
-        },
-        Err(e) => Outcome {
-            stdout: e.to_json(&version_for_errors),
-            exit_code: 1,
-        },
-    }
+    answer(plugin, env, stdin).into_outcome()
+}
+
+/// [`dispatch`], the answer kept typed (the daemon sends it on without printing it).
+///
+/// A panic of the plugin becomes an error answer (code 999, naming the panic), so the
+/// runtime always reads one JSON document.
+pub fn answer(plugin: &dyn Plugin, env: &HashMap<String, String>, stdin: &[u8]) -> Answer {
+    let mut cni_version = version::CURRENT.to_string();
+    let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        dispatch_inner(plugin, env, stdin, &mut cni_version)
+    }))
+    .unwrap_or_else(|p| {
+        Err(CniError::internal(format!(
+            "plugin panicked: {}",
+            panic_message(p.as_ref())
+        )))
+    });
+    Answer { reply, cni_version }
+}
+
+/// The text of a panic's payload.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 fn dispatch_inner(
@@ -150,10 +211,10 @@ fn dispatch_inner(
     env: &HashMap<String, String>,
     stdin: &[u8],
     ver: &mut String,
-) -> Result<Vec<u8>> {
+) -> Result<Reply> {
     let command = Command::parse(var(env, "CNI_COMMAND"))?;
     if command == Command::Version {
-        return Ok(version_output(plugin, stdin));
+        return Ok(Reply::Version(version_output(plugin, stdin)));
     }
     let config: Value = serde_json::from_slice(stdin).map_err(|e| {
         CniError::decode(format!(
@@ -179,11 +240,13 @@ fn dispatch_inner(
     *ver = cni_version.clone();
     let req = build_request(command, env, stdin, config, cni_version)?;
     match command {
-        Command::Add => Ok(plugin.add(&req)?.convert_to(&req.cni_version)?.to_json()),
-        Command::Del => plugin.del(&req).map(|_| Vec::new()),
-        Command::Check => plugin.check(&req).map(|_| Vec::new()),
-        Command::Status => plugin.status(&req).map(|_| Vec::new()),
-        Command::Gc => plugin.gc(&req).map(|_| Vec::new()),
+        Command::Add => Ok(Reply::Result(Box::new(
+            plugin.add(&req)?.convert_to(&req.cni_version)?,
+        ))),
+        Command::Del => plugin.del(&req).map(|_| Reply::Done),
+        Command::Check => plugin.check(&req).map(|_| Reply::Done),
+        Command::Status => plugin.status(&req).map(|_| Reply::Done),
+        Command::Gc => plugin.gc(&req).map(|_| Reply::Done),
         Command::Version => unreachable!("handled above"),
     }
 }
@@ -262,6 +325,41 @@ pub fn run_main(plugin: &dyn Plugin) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Panics;
+    impl Plugin for Panics {
+        fn add(&self, _req: &Request) -> Result<CniResult> {
+            let v: Vec<u8> = Vec::new();
+            let i = v.len() + 3;
+            CniResult::from_json(&v[..i]) // out of bounds
+        }
+        fn del(&self, _req: &Request) -> Result<()> {
+            panic!("deliberate")
+        }
+        fn check(&self, _req: &Request) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_panic_answers_one_cni_error() {
+        let mut env = HashMap::new();
+        env.insert("CNI_COMMAND".to_string(), "DEL".to_string());
+        env.insert("CNI_CONTAINERID".to_string(), "c1".to_string());
+        env.insert("CNI_IFNAME".to_string(), "eth0".to_string());
+        let stdin = br#"{"cniVersion":"1.0.0","name":"n","type":"t"}"#;
+        let out = dispatch(&Panics, &env, stdin);
+        assert_eq!(out.exit_code, 1);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["code"], 999);
+        assert_eq!(v["cniVersion"], "1.0.0");
+        assert!(v["msg"].as_str().unwrap().contains("deliberate"), "{v}");
+        env.insert("CNI_COMMAND".to_string(), "ADD".to_string());
+        env.insert("CNI_NETNS".to_string(), "/proc/self/ns/net".to_string());
+        let v: Value = serde_json::from_slice(&dispatch(&Panics, &env, stdin).stdout).unwrap();
+        assert_eq!(v["code"], 999);
+        assert!(v["msg"].as_str().unwrap().contains("out of range"), "{v}");
+    }
 
     struct Echo;
     impl Plugin for Echo {

@@ -3,6 +3,7 @@
 //! is overlaid onto every request's configuration.
 
 use anyhow::{bail, Context, Result};
+use plexus_engine::config::{PlexusConf, DEFAULT_BIN_DIR, DEFAULT_CNI_DIR};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,6 +52,13 @@ pub struct DaemonConfig {
     pub added_interface_events: bool,
     /// Log level (`debug`, `verbose`, `error`).
     pub log_level: String,
+    /// The engine's `plexus` keys, parsed as every request's (API limits, delegate
+    /// timeout...): the daemon's own API requests and `/delegate` follow them too.
+    pub engine: PlexusConf,
+    /// `binDir`, searched first for delegates (`/delegate` too).
+    pub bin_dir: PathBuf,
+    /// `cniDir`: state and libcni's result cache.
+    pub cni_dir: PathBuf,
 }
 
 fn s(raw: &Map<String, Value>, k: &str) -> Option<String> {
@@ -88,6 +96,8 @@ impl DaemonConfig {
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
+        let engine: PlexusConf =
+            serde_json::from_value(Value::Object(plexus.clone())).context("\"plexus\"")?;
         let connection_limit = n(&raw, "connectionLimit")?.unwrap_or(64) as usize;
         if connection_limit == 0 {
             bail!("\"connectionLimit\" must be greater than 0");
@@ -105,7 +115,7 @@ impl DaemonConfig {
         Ok(DaemonConfig {
             socket_dir: s(&raw, "socketDir")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| "/run/plexus".into()),
+                .unwrap_or_else(|| plexus_proto::DEFAULT_SOCKET_DIR.into()),
             metrics_port,
             metrics_bind: s(&plexus, "metricsBindAddress").unwrap_or_else(|| "0.0.0.0".into()),
             connection_limit,
@@ -135,13 +145,20 @@ impl DaemonConfig {
                 .and_then(Value::as_bool)
                 .unwrap_or(true),
             log_level: s(&raw, "logLevel").unwrap_or_else(|| "verbose".into()),
+            engine,
+            bin_dir: s(&raw, "binDir")
+                .unwrap_or_else(|| DEFAULT_BIN_DIR.into())
+                .into(),
+            cni_dir: s(&raw, "cniDir")
+                .unwrap_or_else(|| DEFAULT_CNI_DIR.into())
+                .into(),
             raw,
         })
     }
 
     /// The socket path.
     pub fn socket_path(&self) -> PathBuf {
-        self.socket_dir.join("plexus.sock")
+        plexus_proto::socket_path(&self.socket_dir)
     }
 
     /// Overlays the daemon's keys onto a request's configuration (Multus's
@@ -200,5 +217,21 @@ mod tests {
             .contains("cniVersion"));
         assert!(DaemonConfig::parse(br#"{"cniVersion":"1.0.0","connectionLimit":0}"#).is_err());
         assert!(DaemonConfig::parse(br#"{"cniVersion":"1.0.0","metricsPort":"x"}"#).is_err());
+        let e = DaemonConfig::parse(br#"{"cniVersion":"1.0.0","plexus":{"apiRetries":"x"}}"#)
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("\"plexus\""), "{e:#}");
+    }
+
+    #[test]
+    fn engine_keys_parsed_as_requests_parse_them() {
+        let c = DaemonConfig::parse(
+            br#"{"cniVersion":"1.0.0","binDir":"/b","plexus":{"apiRetries":2,"apiTimeoutMs":250,"metricsBindAddress":"127.0.0.1"}}"#,
+        )
+        .unwrap();
+        assert_eq!((c.engine.api_retries, c.engine.api_timeout_ms), (2, 250));
+        assert_eq!(c.bin_dir, PathBuf::from("/b"));
+        assert_eq!(c.cni_dir, PathBuf::from(DEFAULT_CNI_DIR));
+        let d = DaemonConfig::parse(br#"{"cniVersion":"1.0.0"}"#).unwrap();
+        assert_eq!(d.engine, PlexusConf::default());
     }
 }

@@ -3,7 +3,6 @@
 //! same on-disk state, as thin mode, reading pods and NADs from node-scoped caches.
 
 pub mod autoconf;
-pub mod cache;
 pub mod config;
 pub mod metrics;
 pub mod server;

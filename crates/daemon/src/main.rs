@@ -2,10 +2,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use plexus_daemon::cache::{Caches, DaemonCluster};
 use plexus_daemon::config::DaemonConfig;
 use plexus_daemon::server::AppState;
 use plexus_daemon::{autoconf, bind_socket, serve, serve_metrics, ChrootExec};
+use plexus_kube::watch::{Caches, DaemonCluster};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -50,6 +50,13 @@ async fn kube_client(cfg: &DaemonConfig) -> Result<Option<kube::Client>> {
     Ok(Some(kube::Client::try_from(config)?))
 }
 
+/// The daemon's API limits: `plexus.apiTimeoutMs` per attempt and `plexus.apiRetries`
+/// attempts, as a thin plugin given the same configuration has them. The client itself
+/// gets no read limit: its watches are long polls.
+fn api_settings(cfg: &DaemonConfig) -> plexus_kube::ApiSettings {
+    plexus_kube::ApiSettings::limits(None, &cfg.engine)
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let cfg = Arc::new(DaemonConfig::load(&args.config)?);
@@ -80,14 +87,8 @@ async fn run(cfg: Arc<DaemonConfig>) -> Result<()> {
     let cluster: Option<Arc<DaemonCluster>> = match (&client, &caches) {
         (Some(c), Some(caches)) => Some(Arc::new(DaemonCluster {
             caches: caches.clone(),
-            client: c.clone(),
+            api: api_settings(&cfg).requests(c.clone()),
             handle: handle.clone(),
-            timeout: Duration::from_millis(
-                cfg.raw
-                    .get("plexus")
-                    .and_then(|p| p["apiTimeoutMs"].as_u64())
-                    .unwrap_or(10_000),
-            ),
             miss_wait: Duration::from_millis(500),
             added_interface_events: cfg.added_interface_events,
         })),

@@ -1,12 +1,11 @@
-//! The unix-socket API, with Multus's endpoints and bodies (reference §3.13):
-//! `POST /cni` (`{"env": {...}, "config": "<base64 stdin>"}` → `{"Result": ...}`),
-//! `POST /delegate` (one network, for hot-plug controllers), `/healthz`, `/readyz`.
-//! CNI errors cross with their code: 400 and the CNI error object.
+//! The unix-socket API, with Multus's endpoints and bodies (the types are in
+//! plexus-proto): `POST /cni`, `POST /delegate` (one network, for hot-plug
+//! controllers), `/healthz`, `/readyz`. CNI errors cross with their code: 400 and the
+//! CNI error object.
 
 // Handler helpers return the HTTP answer as their error; it is built once per request.
 #![allow(clippy::result_large_err)]
 
-use crate::cache::{DaemonCluster, RequestCluster};
 use crate::config::DaemonConfig;
 use crate::metrics::{ErrorLabels, Metrics, NetworkLabels, RequestLabels};
 use axum::body::Body;
@@ -15,14 +14,14 @@ use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
-use base64::Engine as _;
-use plexus_cni::plugin::{dispatch, Outcome, Plugin, Request};
+use plexus_cni::plugin::{answer, Answer, Plugin, Reply, Request};
 use plexus_cni::runtime::{Attachment, Runtime};
 use plexus_cni::{code, CniError, CniResult};
 use plexus_engine::local::LocalCluster;
 use plexus_engine::{Cluster, Engine, NetConf};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use plexus_kube::watch::{DaemonCluster, RequestCluster};
+use plexus_proto::{AddReply, CniRequest};
+use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -45,19 +44,11 @@ pub struct AppState {
     pub limiter: Semaphore,
 }
 
-#[derive(Deserialize)]
-struct CniBody {
-    env: HashMap<String, String>,
-    config: String,
-    #[serde(rename = "interfaceAttributes", default)]
-    interface_attributes: Option<Map<String, Value>>,
-}
-
 /// The router.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/cni", any(cni))
-        .route("/delegate", any(delegate))
+        .route(plexus_proto::CNI_PATH, any(cni))
+        .route(plexus_proto::DELEGATE_PATH, any(delegate))
         .route("/healthz", any(|| async { (StatusCode::OK, "ok") }))
         .route("/readyz", any(readyz))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
@@ -81,7 +72,7 @@ fn cni_error(status: StatusCode, e: &CniError) -> Response {
         .into_response()
 }
 
-async fn read_body(st: &AppState, method: &Method, body: Body) -> Result<CniBody, Response> {
+async fn read_body(st: &AppState, method: &Method, body: Body) -> Result<CniRequest, Response> {
     if method != Method::POST {
         return Err((StatusCode::METHOD_NOT_ALLOWED, "POST only").into_response());
     }
@@ -108,7 +99,7 @@ async fn read_body(st: &AppState, method: &Method, body: Body) -> Result<CniBody
         }
         Ok(Ok(b)) => b,
     };
-    serde_json::from_slice::<CniBody>(&bytes).map_err(|e| {
+    serde_json::from_slice::<CniRequest>(&bytes).map_err(|e| {
         cni_error(
             StatusCode::BAD_REQUEST,
             &CniError::decode(format!(
@@ -118,18 +109,11 @@ async fn read_body(st: &AppState, method: &Method, body: Body) -> Result<CniBody
     })
 }
 
-fn decode_config(st: &AppState, b64: &str) -> Result<Vec<u8>, Response> {
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|e| {
-            cni_error(
-                StatusCode::BAD_REQUEST,
-                &CniError::decode(format!("\"config\" is not base64: {e}")),
-            )
-        })?;
+fn decode_config(st: &AppState, req: &CniRequest) -> Result<Vec<u8>, Response> {
+    let bad = |e: String| cni_error(StatusCode::BAD_REQUEST, &CniError::decode(e));
     st.cfg
-        .overlay(&raw)
-        .map_err(|e| cni_error(StatusCode::BAD_REQUEST, &CniError::decode(e)))
+        .overlay(&req.config_bytes().map_err(bad)?)
+        .map_err(bad)
 }
 
 async fn cni(State(st): State<Arc<AppState>>, method: Method, body: Body) -> Response {
@@ -144,16 +128,16 @@ async fn cni(State(st): State<Arc<AppState>>, method: Method, body: Body) -> Res
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let stdin = match decode_config(&st, &req.config) {
+    let stdin = match decode_config(&st, &req) {
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    let command = req.env.get("CNI_COMMAND").cloned().unwrap_or_default();
+    let command = req.var("CNI_COMMAND").to_string();
     let started = Instant::now();
     st.metrics.in_flight.inc();
     let permit = st.limiter.acquire().await;
     let st2 = st.clone();
-    let env = req.env;
+    let env: HashMap<String, String> = req.env.into_iter().collect();
     let cluster = st.cluster.clone().map(|c| Arc::new(RequestCluster::new(c)));
     let view = cluster.clone();
     let outcome = blocking(move || run_cni(&st2, view, &env, &stdin)).await;
@@ -171,28 +155,24 @@ async fn cni(State(st): State<Arc<AppState>>, method: Method, body: Body) -> Res
 /// On the multi-thread runtime it runs right here: `block_in_place` hands this worker's
 /// other tasks to another thread, so the request is not passed to a blocking thread and
 /// back (two thread wake-ups on its path). A panic becomes an error answer.
-async fn blocking(work: impl FnOnce() -> Outcome + Send + 'static) -> Outcome {
+async fn blocking(work: impl FnOnce() -> Answer + Send + 'static) -> Answer {
+    let failed = |msg: String| Answer {
+        reply: Err(CniError::internal(msg)),
+        cni_version: plexus_cni::version::CURRENT.into(),
+    };
     let guarded = move || {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|p| {
-            let why = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Outcome {
-                stdout: CniError::internal(format!("request panicked: {why}")).to_json("1.1.0"),
-                exit_code: 1,
-            }
+            failed(format!(
+                "request panicked: {}",
+                plexus_cni::plugin::panic_message(p.as_ref())
+            ))
         })
     };
     match tokio::runtime::Handle::current().runtime_flavor() {
         tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(guarded),
         _ => tokio::task::spawn_blocking(guarded)
             .await
-            .unwrap_or_else(|e| Outcome {
-                stdout: CniError::internal(format!("request task failed: {e}")).to_json("1.1.0"),
-                exit_code: 1,
-            }),
+            .unwrap_or_else(|e| failed(format!("request task failed: {e}"))),
     }
 }
 
@@ -201,52 +181,45 @@ fn respond(
     handler: &str,
     command: &str,
     started: Instant,
-    outcome: Outcome,
+    answer: Answer,
 ) -> Response {
-    let result = if outcome.exit_code == 0 {
-        "ok"
-    } else {
-        "error"
-    };
     let labels = RequestLabels {
         handler: handler.into(),
         command: command.into(),
-        result: result.into(),
+        result: if answer.reply.is_ok() { "ok" } else { "error" }.into(),
     };
     st.metrics.requests.get_or_create(&labels).inc();
     st.metrics
         .latency
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
-    if outcome.exit_code != 0 {
-        let code = serde_json::from_slice::<Value>(&outcome.stdout)
-            .ok()
-            .and_then(|v| v["code"].as_u64())
-            .unwrap_or(999);
-        st.metrics
-            .errors
-            .get_or_create(&ErrorLabels {
-                command: command.into(),
-                code: code.to_string(),
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    match answer.reply {
+        Err(e) => {
+            st.metrics
+                .errors
+                .get_or_create(&ErrorLabels {
+                    command: command.into(),
+                    code: e.code.to_string(),
+                })
+                .inc();
+            (
+                StatusCode::BAD_REQUEST,
+                json,
+                e.to_json(&answer.cni_version),
+            )
+                .into_response()
+        }
+        Ok(Reply::Result(r)) => {
+            let body = serde_json::to_vec(&AddReply {
+                result: r.to_value(),
             })
-            .inc();
-        return (
-            StatusCode::BAD_REQUEST,
-            [(header::CONTENT_TYPE, "application/json")],
-            outcome.stdout,
-        )
-            .into_response();
+            .unwrap_or_default();
+            (StatusCode::OK, json, body).into_response()
+        }
+        Ok(Reply::Version(v)) => (StatusCode::OK, json, v).into_response(),
+        Ok(Reply::Done) => (StatusCode::OK, "").into_response(),
     }
-    if command == "ADD" {
-        let r: Value = serde_json::from_slice(&outcome.stdout).unwrap_or(Value::Null);
-        return (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            json!({"Result": r}).to_string(),
-        )
-            .into_response();
-    }
-    (StatusCode::OK, "").into_response()
 }
 
 struct DaemonPlugin<'a> {
@@ -305,7 +278,7 @@ fn run_cni(
     cluster: Option<Arc<RequestCluster>>,
     env: &HashMap<String, String>,
     stdin: &[u8],
-) -> Outcome {
+) -> Answer {
     let args = plexus_cni::args::CniArgs::parse(
         env.get("CNI_ARGS").map(String::as_str).unwrap_or_default(),
     )
@@ -318,14 +291,12 @@ fn run_cni(
     let span = tracing::info_span!("cni", command = %env.get("CNI_COMMAND").map(String::as_str).unwrap_or(""),
         container = %env.get("CNI_CONTAINERID").map(String::as_str).unwrap_or(""), %pod);
     span.in_scope(|| {
-        let outcome = dispatch(&DaemonPlugin { st, cluster }, env, stdin);
-
-        if outcome.exit_code == 0 {
-            tracing::info!("done");
-        } else {
-            tracing::error!(error = %String::from_utf8_lossy(&outcome.stdout), "failed");
+        let answered = answer(&DaemonPlugin { st, cluster }, env, stdin);
+        match &answered.reply {
+            Ok(_) => tracing::info!("done"),
+            Err(e) => tracing::error!(error = %e, "failed"),
         }
-        outcome
+        answered
     })
 }
 
@@ -336,63 +307,28 @@ async fn delegate(State(st): State<Arc<AppState>>, method: Method, body: Body) -
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let config = match base64::engine::general_purpose::STANDARD.decode(&req.config) {
+    let config = match req.config_bytes() {
         Ok(c) => c,
-        Err(e) => {
-            return cni_error(
-                StatusCode::BAD_REQUEST,
-                &CniError::decode(format!("\"config\" is not base64: {e}")),
-            )
-        }
+        Err(e) => return cni_error(StatusCode::BAD_REQUEST, &CniError::decode(e)),
     };
-    let command = req.env.get("CNI_COMMAND").cloned().unwrap_or_default();
+    let command = req.var("CNI_COMMAND").to_string();
     let started = Instant::now();
     let _permit = st.limiter.acquire().await;
     let st2 = st.clone();
-    let outcome = blocking(move || {
-        let r = run_delegate(
-            &st2,
-            &req.env,
-            &config,
-            req.interface_attributes.unwrap_or_default(),
-        );
-        match r {
-            Ok(Some(res)) => Outcome {
-                stdout: res.to_json(),
-                exit_code: 0,
-            },
-            Ok(None) => Outcome {
-                stdout: vec![],
-                exit_code: 0,
-            },
-            Err(e) => Outcome {
-                stdout: e.to_json("1.1.0"),
-                exit_code: 1,
-            },
-        }
+    let answered = blocking(move || Answer {
+        reply: run_delegate(&st2, &req, &config),
+        cni_version: plexus_cni::version::CURRENT.into(),
     })
     .await;
-    respond(&st, "/delegate", &command, started, outcome)
+    respond(&st, "/delegate", &command, started, answered)
 }
 
-fn run_delegate(
-    st: &AppState,
-    env: &HashMap<String, String>,
-    config: &[u8],
-    attrs: Map<String, Value>,
-) -> plexus_cni::Result<Option<CniResult>> {
+fn run_delegate(st: &AppState, req: &CniRequest, config: &[u8]) -> plexus_cni::Result<Reply> {
+    let attrs = req.interface_attributes.clone().unwrap_or_default();
     let mut list = plexus_cni::config::NetworkConfigList::from_bytes_any(config)?;
     if let Some(Value::Object(extra)) = attrs.get("cni-args") {
         for p in &mut list.plugins {
-            let args = p.raw_mut().entry("args").or_insert_with(|| json!({}));
-            if let Some(cni) = args
-                .as_object_mut()
-                .map(|a| a.entry("cni").or_insert_with(|| json!({})))
-            {
-                for (k, v) in extra {
-                    cni[k] = v.clone();
-                }
-            }
+            p.merge_cni_args(extra);
         }
     }
     let mut caps = Map::new();
@@ -401,20 +337,11 @@ fn run_delegate(
             caps.insert(cap.into(), v.clone());
         }
     }
-    let var = |k: &str| env.get(k).cloned().unwrap_or_default();
-    let key = |k: &str, default: &'static str| {
-        st.cfg
-            .raw
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or(default)
-            .to_string()
-    };
-    let bin_dir = key("binDir", plexus_engine::config::DEFAULT_BIN_DIR);
-    let cni_dir = key("cniDir", plexus_engine::config::DEFAULT_CNI_DIR);
-    let mut paths = vec![std::path::PathBuf::from(bin_dir)];
+    let var = |k: &str| req.var(k).to_string();
+    let mut paths = vec![st.cfg.bin_dir.clone()];
     paths.extend(std::env::split_paths(&var("CNI_PATH")));
-    let mut rt = Runtime::new(paths, Some(cni_dir.into()));
+    let mut rt = Runtime::new(paths, Some(st.cfg.cni_dir.clone()));
+    rt.timeout = std::time::Duration::from_secs(st.cfg.engine.delegate_timeout_seconds.max(1));
     if let Some(x) = &st.exec {
         rt.exec = x.clone();
     }
@@ -426,10 +353,10 @@ fn run_delegate(
         capability_args: caps,
     };
     match var("CNI_COMMAND").as_str() {
-        "ADD" => rt.add_list(&list, &att).map(Some),
-        "DEL" => rt.del_list(&list, &att).map(|_| None),
-        "CHECK" => rt.check_list(&list, &att).map(|_| None),
-        "STATUS" => rt.status_list(&list).map(|_| None),
+        "ADD" => rt.add_list(&list, &att).map(|r| Reply::Result(Box::new(r))),
+        "DEL" => rt.del_list(&list, &att).map(|_| Reply::Done),
+        "CHECK" => rt.check_list(&list, &att).map(|_| Reply::Done),
+        "STATUS" => rt.status_list(&list).map(|_| Reply::Done),
         other => Err(CniError::new(
             code::INVALID_ENVIRONMENT,
             format!("CNI_COMMAND {other:?} is not supported on /delegate"),

@@ -154,11 +154,11 @@ fn added_interface_events_are_posted_after_the_answer() {
 }
 
 #[test]
-fn the_status_write_retries_a_conflict_and_its_failure_rolls_the_add_back() {
+fn the_status_write_retries_conflicts_and_server_errors_and_its_failure_rolls_the_add_back() {
     let (mut n, api) = kube_node();
     api.put(Resource::Pods, pod_object("demo", "p", "u1", Some("br")));
     let d = Daemon::start(&n, json!({}));
-    thick(&mut n);
+    let thin = thick(&mut n);
     // A conflict: the pod is read again and the write retried.
     api.fail_when("PATCH", "/status", 1, 409);
     let att = n.attachment(0, &unique("cid"), "demo", "p", &[]);
@@ -166,7 +166,17 @@ fn the_status_write_retries_a_conflict_and_its_failure_rolls_the_add_back() {
     assert_eq!(api.count("PATCH", "/pods/p/status"), 2);
     assert_eq!(api.count("GET", "/pods/p"), 1);
     n.del(&att).unwrap();
-    // A server error: the ADD fails with it, after everything it attached is deleted.
+    // A server error is transient: retried, as in thin mode (plexus.apiRetries).
+    api.fail_when("PATCH", "/status", 1, 500);
+    let att = n.attachment(1, &unique("cid"), "demo", "p", &[]);
+    n.add(&att).unwrap();
+    assert_eq!(api.count("PATCH", "/pods/p/status"), 4);
+    n.del(&att).unwrap();
+    d.stop();
+    // Without retries, the ADD fails with it, after everything it attached is deleted.
+    n.conf = thin;
+    let d = Daemon::start(&n, json!({"plexus": {"apiRetries": 1}}));
+    thick(&mut n);
     api.fail_when("PATCH", "/status", 1, 500);
     let att = n.attachment(1, &unique("cid"), "demo", "p", &[]);
     let e = n.add(&att).unwrap_err();
@@ -349,6 +359,26 @@ fn bad_input_on_the_socket() {
     );
     let r = post(r#"{"env":{"CNI_COMMAND":"ADD"},"config":"!!!"}"#);
     assert!(r.starts_with("HTTP/1.1 400") && r.contains("base64"), "{r}");
+    // /delegate: an `args.cni` of the wrong shape merged with `cni-args` is no panic (code 999).
+    let env: std::collections::BTreeMap<String, String> = [
+        ("CNI_COMMAND", "DEL"),
+        ("CNI_CONTAINERID", "c1"),
+        ("CNI_IFNAME", "net1"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut req = plexus_proto::CniRequest::new(
+        &env,
+        br#"{"cniVersion":"1.0.0","name":"n","type":"no-such-plugin","args":{"cni":"x"}}"#,
+    );
+    req.interface_attributes = json!({"cni-args": {"a": "b"}}).as_object().cloned();
+    let body = serde_json::to_string(&req).unwrap();
+    let r = d.raw(format!("POST /delegate HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes()).unwrap();
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains("no-such-plugin") && !r.contains("999"),
+        "{r}"
+    );
     let huge = format!(r#"{{"env":{{}},"config":"{}"}}"#, "A".repeat(200_000));
     let r = post(&huge);
     assert!(r.starts_with("HTTP/1.1 413"), "{}", &r[..r.len().min(200)]);

@@ -68,31 +68,17 @@ pub trait Cluster: Send + Sync {
     fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()>;
     /// Records an event on the pod (best effort, never fails the operation).
     fn event(&self, pod: &PodInfo, kind: EventType, reason: &str, message: &str);
-    /// True when [`Cluster::event`] returns at once and the post is made in the
-    /// background (the daemon holds a request's events until its answer is on its
-    /// way): the engine then records each `AddedInterface` as soon as its delegate has
-    /// succeeded, as Multus does, so an ADD that fails later has reported the interfaces
-    /// it added. False: the events go with the status write ([`Cluster::report_add`]).
-    fn posts_events_in_background(&self) -> bool {
-        false
+    /// An attachment's delegate has succeeded during an ADD: its `AddedInterface`
+    /// event, "Add <ifname> [<ips>] from <network>". When it is posted is the
+    /// implementation's choice (at once, with the status write, after the CNI answer);
+    /// by default it is recorded at once.
+    fn interface_added(&self, pod: &PodInfo, message: &str) {
+        self.event(pod, EventType::Normal, "AddedInterface", message);
     }
-    /// Records several events on the pod (implementations may send them together).
-    fn events(&self, pod: &PodInfo, events: &[(EventType, String, String)]) {
-        for (k, r, m) in events {
-            self.event(pod, *k, r, m);
-        }
-    }
-    /// What a successful ADD reports: the network-status (its failure fails the ADD),
-    /// then the events. Implementations may overlap the two.
-    fn report_add(
-        &self,
-        pod: &PodInfo,
-        status: &[NetworkStatus],
-        events: &[(EventType, String, String)],
-    ) -> Result<()> {
-        self.set_network_status(pod, status)?;
-        self.events(pod, events);
-        Ok(())
+    /// What a successful ADD reports: the network-status (its failure fails the ADD).
+    /// Implementations may send the events they hold with it.
+    fn report_add(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {
+        self.set_network_status(pod, status)
     }
     /// Called after a successful DEL.
     fn pod_torn_down(&self, _namespace: &str, _name: &str) {}

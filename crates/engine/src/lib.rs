@@ -3,15 +3,26 @@
 //! file that lets DEL and CHECK work without the API server. Thin mode (the `plexus`
 //! binary) and thick mode (`plexusd`) share it and its on-disk state.
 
+mod add;
 pub mod cluster;
 pub mod config;
 mod engine;
+mod inspect;
 pub mod local;
+mod outcome;
 pub mod plan;
 pub mod resolve;
 pub mod routes;
+pub mod sandbox;
 pub mod state;
+mod teardown;
+
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
 
 pub use cluster::{Cluster, EventType, PodInfo};
 pub use config::NetConf;
-pub use engine::{valid_attachments, Engine, Request};
+pub use engine::{Engine, Request};
+pub use inspect::valid_attachments;

@@ -84,17 +84,32 @@ pub fn read_manifests(dir: &Path) -> Result<Vec<Nad>> {
             if doc["kind"] != "NetworkAttachmentDefinition" {
                 continue;
             }
-            let mut doc = doc;
-            if doc["metadata"]["namespace"]
-                .as_str()
-                .is_none_or(str::is_empty)
-            {
-                doc["metadata"]["namespace"] = Value::String("default".into());
-            }
+            let doc = with_default_namespace(doc)
+                .map_err(|e| CniError::decode(format!("{}: {e}", f.display())))?;
             out.push(Nad::from_object(&doc).map_err(|e| e.context(f.display()))?);
         }
     }
     Ok(out)
+}
+
+/// The manifest with `metadata.namespace` set to `default` where it has none.
+fn with_default_namespace(mut doc: Value) -> std::result::Result<Value, String> {
+    let meta = doc
+        .as_object_mut()
+        .ok_or("a NetworkAttachmentDefinition must be an object")?
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Default::default()));
+    let meta = meta
+        .as_object_mut()
+        .ok_or("NetworkAttachmentDefinition: \"metadata\" must be an object")?;
+    if meta
+        .get("namespace")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        meta.insert("namespace".into(), Value::String("default".into()));
+    }
+    Ok(doc)
 }
 
 fn expand_list(doc: Value) -> Vec<Value> {
@@ -153,6 +168,18 @@ mod tests {
         let ids: Vec<String> = nads.iter().map(|n| n.id.to_string()).collect();
         assert_eq!(ids, ["demo/br", "default/ondisk", "demo/mv"]);
         assert!(nads[1].config.is_none());
+        std::fs::write(
+            d.path().join("m.yaml"),
+            "kind: NetworkAttachmentDefinition\nmetadata: just-a-string\n",
+        )
+        .unwrap();
+        let e = read_manifests(d.path()).unwrap_err();
+        assert!(
+            e.msg.contains("m.yaml") && e.msg.contains("\"metadata\" must be an object"),
+            "{}",
+            e.msg
+        );
+        std::fs::remove_file(d.path().join("m.yaml")).unwrap();
         std::fs::write(d.path().join("c.yaml"), "kind: [unclosed").unwrap();
         let e = read_manifests(d.path()).unwrap_err();
         assert!(

@@ -63,20 +63,15 @@ impl Cluster for LazyKubeCluster {
         }
     }
 
-    fn events(&self, pod: &PodInfo, events: &[(EventType, String, String)]) {
-        match self.get() {
-            Ok(k) => k.events(pod, events),
-            Err(e) => tracing::warn!(error = %e, pod = %pod.key(), "cannot record events"),
+    fn interface_added(&self, pod: &PodInfo, message: &str) {
+        // Held until the status write, which reports a client that cannot be made.
+        if let Ok(k) = self.get() {
+            k.interface_added(pod, message)
         }
     }
 
-    fn report_add(
-        &self,
-        pod: &PodInfo,
-        status: &[NetworkStatus],
-        events: &[(EventType, String, String)],
-    ) -> Result<()> {
-        self.get()?.report_add(pod, status, events)
+    fn report_add(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {
+        self.get()?.report_add(pod, status)
     }
 
     fn pod_torn_down(&self, namespace: &str, name: &str) {

@@ -18,12 +18,12 @@ pub const RUN_DIR: &str = "/run/netns";
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
     /// The path could not be opened.
-    #[error("cannot open network namespace {path}: {source}")]
+    #[error("cannot open network namespace {path}: {cause}")]
     Open {
         /// The path.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The path is not a network namespace.
     #[error("{path} is not a network namespace ({what})")]
@@ -34,25 +34,25 @@ pub enum NetnsError {
         what: String,
     },
     /// Entering the namespace failed.
-    #[error("cannot enter network namespace {path}: {source}")]
+    #[error("cannot enter network namespace {path}: {cause}")]
     Enter {
         /// The path.
         path: PathBuf,
         /// Why.
-        source: nix::Error,
+        cause: nix::Error,
     },
     /// A name unusable for a namespace.
     #[error("invalid network namespace name {0:?}")]
     InvalidName(String),
     /// Creating or removing a named namespace failed.
-    #[error("network namespace {name:?}: {op}: {source}")]
+    #[error("network namespace {name:?}: {op}: {cause}")]
     Manage {
         /// The name.
         name: String,
         /// The step that failed.
         op: &'static str,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The work panicked on its thread.
     #[error("work inside network namespace {0} panicked")]
@@ -74,9 +74,9 @@ impl NetNs {
     /// whose link reads `net:[...]`), never a regular file or another namespace type.
     pub fn open(path: impl AsRef<Path>) -> Result<NetNs> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| NetnsError::Open {
+        let file = File::open(&path).map_err(|cause| NetnsError::Open {
             path: path.clone(),
-            source,
+            cause,
         })?;
         let not = |what: String| NetnsError::NotNetns {
             path: path.clone(),
@@ -112,7 +112,7 @@ impl NetNs {
             .map(|st| format!("net:[{}]", st.st_ino))
             .map_err(|e| NetnsError::Open {
                 path: self.path.clone(),
-                source: e.into(),
+                cause: e.into(),
             })
     }
 
@@ -121,11 +121,9 @@ impl NetNs {
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         std::thread::scope(|s| {
             s.spawn(|| {
-                setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|source| {
-                    NetnsError::Enter {
-                        path: self.path.clone(),
-                        source,
-                    }
+                setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|cause| NetnsError::Enter {
+                    path: self.path.clone(),
+                    cause,
                 })?;
                 // The thread ends right after: nothing runs on it in this namespace again.
                 Ok(f())
@@ -144,14 +142,14 @@ impl NetNs {
     where
         O: Send + 'static,
     {
-        let file = self.file.try_clone().map_err(|source| NetnsError::Open {
+        let file = self.file.try_clone().map_err(|cause| NetnsError::Open {
             path: self.path.clone(),
-            source,
+            cause,
         })?;
         let path = self.path.clone();
         let thread = std::thread::spawn(move || {
             setns(&file, CloneFlags::CLONE_NEWNET)
-                .map_err(|source| NetnsError::Enter { path, source })?;
+                .map_err(|cause| NetnsError::Enter { path, cause })?;
             // The thread ends right after: nothing runs on it in this namespace again.
             Ok(f())
         });
@@ -227,10 +225,10 @@ impl NamedNetNs {
     /// Creates a new namespace bound at `dir/name`.
     pub fn create_in(dir: &Path, name: &str) -> Result<NamedNetNs> {
         check_name(name)?;
-        let err = |op, source| NetnsError::Manage {
+        let err = |op, cause| NetnsError::Manage {
             name: name.to_string(),
             op,
-            source,
+            cause,
         };
         std::fs::create_dir_all(dir).map_err(|e| err("create directory", e))?;
         let path = dir.join(name);
@@ -299,7 +297,7 @@ fn remove_path(name: &str, path: &Path) -> Result<()> {
             return Err(NetnsError::Manage {
                 name: name.into(),
                 op: "unmount",
-                source: e.into(),
+                cause: e.into(),
             })
         }
     }
@@ -307,7 +305,7 @@ fn remove_path(name: &str, path: &Path) -> Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(NetnsError::Manage {
             name: name.into(),
             op: "remove mount point",
-            source: e,
+            cause: e,
         }),
         _ => Ok(()),
     }
@@ -324,6 +322,15 @@ impl Drop for NamedNetNs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_print_their_cause_once() {
+        let e = NetNs::open("/nonexistent/plexus-netns").unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.contains("No such file"), "{shown}");
+        // The cause is in the message; as a source too, reporters would print it twice.
+        assert!(std::error::Error::source(&e).is_none());
+    }
 
     #[test]
     fn rejects_what_is_not_a_netns() {

@@ -1,43 +1,37 @@
 //! `plexus-shim`: the CNI binary of thick mode. It forwards the environment and the
 //! configuration to plexusd over its unix socket and prints the answer, converted to
-//! the caller's `cniVersion`. Small and synchronous: no async runtime, no TLS, no
-//! Kubernetes client. It never guesses: if the daemon is not there it waits a bounded
-//! time, then fails with code 11 (try again later) — DEL included, so the runtime retries.
+//! the caller's `cniVersion`, through the plugin skeleton of plexus-cni (which answers
+//! VERSION itself, validates the environment and prints exactly one document). Small
+//! and synchronous: no async runtime, no TLS, no Kubernetes client. It never guesses:
+//! if the daemon is not there it waits a bounded time, then fails with code 11 (try
+//! again later) — DEL included, so the runtime retries.
 
 mod http;
 
-use base64::Engine as _;
-use plexus_cni::{code, version, CniError, CniResult, Result};
-use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::io::{Read, Write};
+use plexus_cni::plugin::{run_main, Plugin, Request};
+use plexus_cni::{code, CniError, CniResult, Result};
+use plexus_proto::{AddReply, CniRequest};
+use serde_json::Value;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 struct ShimConf {
-    version: String,
     socket: PathBuf,
     wait: Duration,
     timeout: Duration,
 }
 
-fn conf(stdin: &[u8]) -> Result<ShimConf> {
-    let v: Value = serde_json::from_slice(stdin)
-        .map_err(|e| CniError::decode(format!("configuration on stdin is not valid JSON: {e}")))?;
-    let dir = v["daemonSocketDir"]
+fn conf(config: &Value) -> ShimConf {
+    let dir = config["daemonSocketDir"]
         .as_str()
         .filter(|s| !s.is_empty())
-        .unwrap_or("/run/plexus");
-    let p = &v["plexus"];
-    Ok(ShimConf {
-        version: v["cniVersion"]
-            .as_str()
-            .unwrap_or(version::CURRENT)
-            .to_string(),
-        socket: PathBuf::from(dir).join("plexus.sock"),
+        .unwrap_or(plexus_proto::DEFAULT_SOCKET_DIR);
+    let p = &config["plexus"];
+    ShimConf {
+        socket: plexus_proto::socket_path(dir.as_ref()),
         wait: Duration::from_secs(p["shimWaitSeconds"].as_u64().unwrap_or(30)),
         timeout: Duration::from_secs(p["shimRequestTimeoutSeconds"].as_u64().unwrap_or(600)),
-    })
+    }
 }
 
 /// Sends the request; while the daemon is absent (no socket, connection refused) or
@@ -46,7 +40,7 @@ fn conf(stdin: &[u8]) -> Result<ShimConf> {
 fn send(c: &ShimConf, body: &[u8]) -> Result<http::Response> {
     let deadline = Instant::now() + c.wait;
     loop {
-        let why = match http::request(&c.socket, "POST", "/cni", body, c.timeout) {
+        let why = match http::request(&c.socket, "POST", plexus_proto::CNI_PATH, body, c.timeout) {
             Ok(r) if r.status == 503 => format!(
                 "it answers {}: {}",
                 r.status,
@@ -75,71 +69,50 @@ fn send(c: &ShimConf, body: &[u8]) -> Result<http::Response> {
     }
 }
 
-fn run(env: &HashMap<String, String>, stdin: &[u8]) -> Result<Vec<u8>> {
-    let command = env
-        .get("CNI_COMMAND")
-        .map(String::as_str)
-        .unwrap_or_default();
-    if command == "VERSION" {
-        let asked = serde_json::from_slice::<Value>(stdin)
-            .ok()
-            .and_then(|v| v["cniVersion"].as_str().map(str::to_string));
-        return Ok(json!({"cniVersion": asked.unwrap_or_else(|| version::CURRENT.into()), "supportedVersions": version::SUPPORTED}).to_string().into_bytes());
+/// Forwards the request; the daemon's CNI error comes back with its own code.
+fn forward(req: &Request) -> Result<Vec<u8>> {
+    let body = serde_json::to_vec(&CniRequest::new(&req.env, &req.stdin))
+        .map_err(|e| CniError::internal(format!("encoding the request: {e}")))?;
+    let resp = send(&conf(&req.config), &body)?;
+    if resp.status == 200 {
+        return Ok(resp.body);
     }
-    let c = conf(stdin)?;
-    let fwd: HashMap<&String, &String> = env
-        .iter()
-        .filter(|(k, _)| k.starts_with("CNI_") || k.starts_with("K8S_"))
-        .collect();
-    let body =
-        json!({"env": fwd, "config": base64::engine::general_purpose::STANDARD.encode(stdin)})
-            .to_string();
-    let resp = send(&c, body.as_bytes())?;
-    match resp.status {
-        200 if command == "ADD" => {
-            let v: Value = serde_json::from_slice(&resp.body)
-                .map_err(|e| CniError::decode(format!("daemon answer: {e}")))?;
-            let r = CniResult::from_value(&v["Result"])?;
-            Ok(r.convert_to(&c.version)?.to_json())
+    match serde_json::from_slice::<CniError>(&resp.body) {
+        Ok(mut e) => {
+            e.cni_version.clear();
+            Err(e)
         }
-        200 => Ok(Vec::new()),
-        _ => match serde_json::from_slice::<CniError>(&resp.body) {
-            Ok(mut e) => {
-                e.cni_version.clear();
-                Err(e)
-            }
-            Err(_) => Err(CniError::internal(format!(
-                "plexus daemon answered {}: {}",
-                resp.status,
-                String::from_utf8_lossy(&resp.body).trim()
-            ))),
-        },
+        Err(_) => Err(CniError::internal(format!(
+            "plexus daemon answered {}: {}",
+            resp.status,
+            String::from_utf8_lossy(&resp.body).trim()
+        ))),
+    }
+}
+
+struct Shim;
+
+impl Plugin for Shim {
+    fn add(&self, req: &Request) -> Result<CniResult> {
+        let body = forward(req)?;
+        let reply: AddReply = serde_json::from_slice(&body)
+            .map_err(|e| CniError::decode(format!("daemon answer: {e}")))?;
+        CniResult::from_value(&reply.result)
+    }
+    fn del(&self, req: &Request) -> Result<()> {
+        forward(req).map(drop)
+    }
+    fn check(&self, req: &Request) -> Result<()> {
+        forward(req).map(drop)
+    }
+    fn status(&self, req: &Request) -> Result<()> {
+        forward(req).map(drop)
+    }
+    fn gc(&self, req: &Request) -> Result<()> {
+        forward(req).map(drop)
     }
 }
 
 fn main() {
-    let env: HashMap<String, String> = std::env::vars().collect();
-    let mut stdin = Vec::new();
-    let read = std::io::stdin().read_to_end(&mut stdin);
-    let ver = serde_json::from_slice::<Value>(&stdin)
-        .ok()
-        .and_then(|v| v["cniVersion"].as_str().map(str::to_string))
-        .unwrap_or_else(|| version::CURRENT.into());
-    let result = match read {
-        Ok(_) => run(&env, &stdin),
-        Err(e) => Err(CniError::io(format!("reading stdin: {e}"))),
-    };
-    let mut out = std::io::stdout().lock();
-    let code = match result {
-        Ok(bytes) => {
-            let _ = out.write_all(&bytes);
-            0
-        }
-        Err(e) => {
-            let _ = out.write_all(&e.to_json(&ver));
-            1
-        }
-    };
-    let _ = out.flush();
-    std::process::exit(code);
+    run_main(&Shim)
 }

@@ -425,13 +425,7 @@ impl Store {
     }
 
     pub(crate) fn create(&self, r: Resource, ns: &str, mut obj: Value) -> Result<Value, ApiErr> {
-        if !obj.is_object() {
-            return Err(ApiErr::new(
-                400,
-                "BadRequest",
-                "the body of the request was not a JSON object",
-            ));
-        }
+        well_formed(&obj)?;
         if let Some(k) = obj["kind"].as_str() {
             if k != r.kind() {
                 return Err(ApiErr::new(
@@ -516,6 +510,7 @@ impl Store {
             .cloned()
             .ok_or_else(|| not_found(r, name))?;
         let mut next = change(&current)?;
+        well_formed(&next)?;
         let asked = next["metadata"]["resourceVersion"]
             .as_str()
             .unwrap_or_default()
@@ -596,9 +591,36 @@ impl Store {
     }
 }
 
+/// An object the store can stamp: a JSON object whose `metadata`, if any, is an object
+/// (kube-apiserver refuses anything else with 400 before it looks further).
+fn well_formed(obj: &Value) -> Result<(), ApiErr> {
+    if !obj.is_object() {
+        return Err(ApiErr::new(
+            400,
+            "BadRequest",
+            "the body of the request was not a JSON object",
+        ));
+    }
+    match obj.get("metadata") {
+        None | Some(Value::Null) | Some(Value::Object(_)) => Ok(()),
+        Some(_) => Err(ApiErr::new(
+            400,
+            "BadRequest",
+            "metadata: Invalid value: must be an object",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn objects_with_a_metadata_that_is_not_an_object_are_refused() {
+        assert!(well_formed(&serde_json::json!({"metadata": "x"})).is_err());
+        assert!(well_formed(&serde_json::json!([1])).is_err());
+        assert!(well_formed(&serde_json::json!({"metadata": {"name": "a"}})).is_ok());
+    }
 
     #[test]
     fn merge_patch_rfc7386() {

@@ -4,14 +4,15 @@
 //! bounded wait for the watch to deliver it. The status write uses the cached
 //! resourceVersion, so a steady-state ADD makes no read at all.
 
+use crate::api::{nad_what, pod_info, to_nad, Requests};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject};
 use kube::core::ApiResource;
 use kube::runtime::reflector::{self, store::Writer, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
-use plexus_cni::{code, CniError, Result};
+use plexus_cni::Result;
 use plexus_engine::{Cluster, EventType, PodInfo};
 use plexus_npwg::nad::Nad;
 use plexus_npwg::status::NetworkStatus;
@@ -45,7 +46,7 @@ fn trim(pod: &mut Pod) {
 impl Caches {
     /// Starts the watches on `handle`; they reconnect with back-off for ever.
     pub fn start(client: &Client, node: Option<&str>, handle: &Handle) -> Arc<Caches> {
-        let nad_resource = plexus_kube::nad_resource();
+        let nad_resource = crate::nad_resource();
         let (pods, pod_writer) = reflector::store::<Pod>();
         let nad_writer = Writer::<DynamicObject>::new(nad_resource.clone());
         let nads = nad_writer.as_reader();
@@ -114,66 +115,17 @@ impl Caches {
 pub struct DaemonCluster {
     /// The caches.
     pub caches: Arc<Caches>,
-    /// The client for misses and writes.
-    pub client: Client,
-    /// The daemon's runtime (the engine runs on blocking threads and waits on it).
+    /// Misses and writes, with the configured time limit and retries.
+    pub api: Requests,
+    /// The daemon's runtime (the engine runs on its own threads and waits on it).
     pub handle: Handle,
-    /// Time limit per API request.
-    pub timeout: Duration,
     /// How long a cache miss waits for the watch before a live GET.
     pub miss_wait: Duration,
     /// Record `AddedInterface` events.
     pub added_interface_events: bool,
 }
 
-fn api_error(what: &str, e: impl std::fmt::Display) -> CniError {
-    CniError::new(
-        code::TRY_AGAIN_LATER,
-        format!("{what}: Kubernetes API: {e}"),
-    )
-}
-
-fn pod_info(p: &Pod, ns: &str, name: &str) -> PodInfo {
-    PodInfo {
-        namespace: ns.to_string(),
-        name: name.to_string(),
-        uid: p.metadata.uid.clone().unwrap_or_default(),
-        annotations: p.metadata.annotations.clone().unwrap_or_default(),
-    }
-}
-
 impl DaemonCluster {
-    /// Runs `f` with the time limit, keeping kube's error (its status code matters).
-    fn block_raw<T>(
-        &self,
-        f: impl std::future::Future<Output = std::result::Result<T, kube::Error>>,
-    ) -> std::result::Result<T, kube::Error> {
-        self.handle.block_on(async {
-            match tokio::time::timeout(self.timeout, f).await {
-                Ok(r) => r,
-                Err(_) => Err(kube::Error::Service(
-                    format!("no answer within {:?}", self.timeout).into(),
-                )),
-            }
-        })
-    }
-
-    fn block<T>(
-        &self,
-        what: &str,
-        f: impl std::future::Future<Output = std::result::Result<T, kube::Error>>,
-    ) -> Result<T> {
-        self.handle.block_on(async {
-            match tokio::time::timeout(self.timeout, f).await {
-                Ok(r) => r.map_err(|e| api_error(what, e)),
-                Err(_) => Err(api_error(
-                    what,
-                    format!("no answer within {:?}", self.timeout),
-                )),
-            }
-        })
-    }
-
     /// Waits (bounded) for `probe` to find something in a cache.
     fn wait_for<T>(&self, probe: impl Fn() -> Option<T>) -> Option<T> {
         let deadline = std::time::Instant::now() + self.miss_wait;
@@ -194,72 +146,37 @@ impl Cluster for DaemonCluster {
         if let Some(p) = self.wait_for(|| self.caches.pod(namespace, name)) {
             return Ok(Some(pod_info(&p, namespace, name)));
         }
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let what = format!("pod \"{namespace}/{name}\"");
         Ok(self
-            .block(&what, api.get_opt(name))?
+            .handle
+            .block_on(self.api.get_pod(namespace, name))?
             .map(|p| pod_info(&p, namespace, name)))
     }
 
     fn get_nad(&self, namespace: &str, name: &str) -> Result<Option<Nad>> {
-        let obj = match self.caches.nad(namespace, name) {
-            Some(o) => Some((*o).clone()),
-            None => {
-                let api: Api<DynamicObject> = Api::namespaced_with(
-                    self.client.clone(),
-                    namespace,
-                    &plexus_kube::nad_resource(),
-                );
-                self.block(
-                    &format!("NetworkAttachmentDefinition \"{namespace}/{name}\""),
-                    api.get_opt(name),
-                )?
-            }
-        };
-        obj.map(|o| {
-            let v = serde_json::to_value(&o).map_err(|e| CniError::decode(e.to_string()))?;
-            Nad::from_object(&v)
-        })
-        .transpose()
+        match self.caches.nad(namespace, name) {
+            Some(o) => to_nad(&nad_what(namespace, name), Some(&*o)),
+            None => self.handle.block_on(self.api.get_nad(namespace, name)),
+        }
     }
 
     fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
         // First try with the cached resourceVersion (no read); on conflict, read and retry.
         let rv = self
             .caches
             .pod(&pod.namespace, &pod.name)
             .and_then(|p| p.metadata.resource_version.clone());
-        let pp = PatchParams::default();
-        plexus_kube::write_status_with_retry(
-            pod,
-            status,
-            rv,
-            || self.block_raw(api.get_opt(&pod.name)),
-            |patch| {
-                self.block_raw(api.patch_status(&pod.name, &pp, &Patch::Merge(patch)))
-                    .map(|_| ())
-            },
-        )
-    }
-
-    fn posts_events_in_background(&self) -> bool {
-        true
+        self.handle.block_on(self.api.write_status(pod, status, rv))
     }
 
     fn event(&self, pod: &PodInfo, kind: EventType, reason: &str, message: &str) {
         if reason == "AddedInterface" && !self.added_interface_events {
             return;
         }
-        let client = self.client.clone();
-        let ev = plexus_kube::event_object(pod, kind, reason, message);
-        let ns = pod.namespace.clone();
+        let api = self.api.clone();
+        let (pod, reason, message) = (pod.clone(), reason.to_string(), message.to_string());
         // Off the request's path: the CNI answer does not wait for the event.
         self.handle.spawn(async move {
-            let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client, &ns);
-            if let Err(e) = api.create(&Default::default(), &ev).await {
-                tracing::warn!(error = %e, "cannot record event");
-            }
+            api.post_event(&pod, kind, &reason, &message).await;
         });
     }
 }
@@ -311,10 +228,6 @@ impl Cluster for RequestCluster {
 
     fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {
         self.cluster.set_network_status(pod, status)
-    }
-
-    fn posts_events_in_background(&self) -> bool {
-        true
     }
 
     fn event(&self, pod: &PodInfo, kind: EventType, reason: &str, message: &str) {
