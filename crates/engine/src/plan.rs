@@ -3,6 +3,7 @@
 //! `CNI_ARGS`. The cluster default network comes first (NPWG §6.2).
 
 use crate::cluster::PodInfo;
+use crate::config::NetConf;
 use crate::resolve::{Resolved, Resolver};
 use plexus_cni::args::CniArgs;
 use plexus_cni::config::NetworkConfigList;
@@ -64,9 +65,21 @@ pub fn networks(
     r: &Resolver,
     input: &PlanInput,
 ) -> Result<Vec<(Resolved, Option<NetworkSelection>)>> {
+    let mut out = node_networks(r, input.pod)?;
+    if let Some(pod) = input.pod {
+        out.extend(selected_networks(r, pod)?);
+    }
+    Ok(out)
+}
+
+/// The default network (or the pod's `default-network` NAD), the other inline
+/// delegates, and `defaultNetworks` unless the pod is in a system namespace.
+fn node_networks(
+    r: &Resolver,
+    pod: Option<&PodInfo>,
+) -> Result<Vec<(Resolved, Option<NetworkSelection>)>> {
     let conf = r.conf;
     let mut out = Vec::new();
-    let pod = input.pod;
     let default_override = pod
         .and_then(|p| p.annotations.get(DEFAULT_NETWORK_ANNOTATION))
         .filter(|v| !v.trim().is_empty());
@@ -90,12 +103,20 @@ pub fn networks(
             }
         }
     }
-    let Some(pod) = pod else { return Ok(out) };
-    if !conf.system_namespaces.contains(&pod.namespace) {
+    if pod.is_some_and(|p| !conf.system_namespaces.contains(&p.namespace)) {
         for n in &conf.default_networks {
             out.push((r.named(n).map_err(|e| e.context("defaultNetworks"))?, None));
         }
     }
+    Ok(out)
+}
+
+/// The networks of the selection annotation, each resolved; an invalid annotation is
+/// an error and a warning event (D1), a reference isolation forbids an error.
+fn selected_networks(
+    r: &Resolver,
+    pod: &PodInfo,
+) -> Result<Vec<(Resolved, Option<NetworkSelection>)>> {
     let value = pod
         .annotations
         .get(NETWORKS_ANNOTATION)
@@ -113,17 +134,8 @@ pub fn networks(
         }
         selection_error(e, Some(pod))
     })?;
-    let globals = conf.global_namespaces();
     for sel in &selections {
-        let ns = &sel.network.namespace;
-        if conf.namespace_isolation && ns != &pod.namespace && !globals.contains(ns) {
-            return Err(CniError::invalid_config(format!(
-                "pod \"{}\": namespace isolation enabled, annotation violates permission: pod is in namespace {} but refers to target namespace {ns} (network \"{}\")",
-                pod.key(),
-                pod.namespace,
-                sel.network
-            )));
-        }
+        check_isolation(r.conf, pod, sel)?;
     }
     if let (Some(c), true) = (r.cluster, selections.len() > 1) {
         let refs: Vec<(String, String)> = selections
@@ -132,11 +144,25 @@ pub fn networks(
             .collect();
         c.prefetch_nads(&refs);
     }
-    for sel in selections {
-        let resolved = r.nad(&sel.network, Some(pod))?;
-        out.push((resolved, Some(sel)));
+    selections
+        .into_iter()
+        .map(|sel| Ok((r.nad(&sel.network, Some(pod))?, Some(sel))))
+        .collect()
+}
+
+/// `namespaceIsolation`: a pod may name NADs of its own namespace and of the global ones.
+fn check_isolation(conf: &NetConf, pod: &PodInfo, sel: &NetworkSelection) -> Result<()> {
+    let ns = &sel.network.namespace;
+    if conf.namespace_isolation && ns != &pod.namespace && !conf.global_namespaces().contains(ns)
+    {
+        return Err(CniError::invalid_config(format!(
+            "pod \"{}\": namespace isolation enabled, annotation violates permission: pod is in namespace {} but refers to target namespace {ns} (network \"{}\")",
+            pod.key(),
+            pod.namespace,
+            sel.network
+        )));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Builds the attachments from the networks.
@@ -160,82 +186,97 @@ pub fn attachments(
     }
     let mut out: Vec<Planned> = Vec::with_capacity(nets.len());
     for (i, (resolved, sel)) in nets.into_iter().enumerate() {
-        let is_default = i == 0;
-        let ifname = match (&sel, is_default) {
-            (_, true) => input.ifname.to_string(),
-            (
-                Some(NetworkSelection {
-                    interface: Some(n), ..
-                }),
-                _,
-            ) => n.clone(),
-            _ => format!("net{i}"),
-        };
+        let ifname = interface_name(i, input.ifname, sel.as_ref());
         if let Some(prev) = out.iter().find(|p| p.ifname == ifname) {
             return Err(CniError::invalid_config(format!(
                 "network \"{}\" would use interface {ifname:?}, which network \"{}\" already uses",
                 resolved.name, prev.name
             )));
         }
-        let mut list = resolved.list;
-        let mut cni_args = base_args.clone();
-        let mut capability_args = if is_default {
-            runtime_config.clone()
-        } else {
-            Map::new()
-        };
-        if let Some(s) = &sel {
-            apply_selection(&mut list, s);
-            capability_args = s.capability_requests();
-            for cap in MUST_BE_DECLARED {
-                if capability_args.contains_key(*cap)
-                    && !list.plugins.iter().any(|p| p.has_capability(cap))
-                {
-                    return Err(CniError::invalid_config(format!(
-                        "network \"{}\": the pod requests {cap:?} but no plugin of the network declares capability {cap:?}",
-                        resolved.name
-                    )));
-                }
-            }
-            // The legacy way Multus passes them too, for plugins that read CNI_ARGS.
-            if !s.ips.is_empty() {
-                cni_args.set("IP", s.ips.join(","));
-            }
-            if let Some(mac) = &s.mac {
-                cni_args.set("MAC", mac.clone());
-            }
-        }
-        let device_info_file = list
-            .plugins
-            .iter()
-            .any(|p| p.has_capability("CNIDeviceInfoFile"))
-            .then(|| {
-                r.conf.plexus.device_info_dir.join(format!(
-                    "{}-{}_{}",
-                    resolved.name.replace('/', "-"),
-                    input.container_id,
-                    ifname
-                ))
-            });
-        if let Some(f) = &device_info_file {
-            capability_args.insert("CNIDeviceInfoFile".into(), json!(f));
-        }
-        out.push(Planned {
-            name: resolved.name,
-            ifname,
-            list,
-            capability_args,
-            cni_args,
-            is_default,
-            selection: sel,
-            device_info_file,
-            auxiliary: false,
-        });
+        // D3: the runtime's runtimeConfig is the default network's only.
+        let runtime = (i == 0).then_some(runtime_config);
+        out.push(attachment(r, input, resolved, sel, ifname, &base_args, runtime)?);
     }
     if let Some(aux) = auxiliary_chain(r, input, &out)? {
         out.push(aux);
     }
     Ok(out)
+}
+
+/// `CNI_IFNAME` for the default network (index 0), the element's `interface`, else
+/// `net<index>` as Multus numbers them.
+fn interface_name(i: usize, default: &str, sel: Option<&NetworkSelection>) -> String {
+    match (i, sel.and_then(|s| s.interface.as_ref())) {
+        (0, _) => default.to_string(),
+        (_, Some(n)) => n.clone(),
+        _ => format!("net{i}"),
+    }
+}
+
+/// One attachment: the element's requests applied to the configuration (D2: the
+/// capabilities no plugin declares refused), the capability arguments (the runtime's
+/// for the default network, D3) and `CNI_ARGS`, the device-info file. `runtime_config`
+/// is given for the default network only.
+fn attachment(
+    r: &Resolver,
+    input: &PlanInput,
+    resolved: Resolved,
+    sel: Option<NetworkSelection>,
+    ifname: String,
+    base_args: &CniArgs,
+    runtime_config: Option<&Map<String, Value>>,
+) -> Result<Planned> {
+    let is_default = runtime_config.is_some();
+    let mut capability_args = runtime_config.cloned().unwrap_or_default();
+    let mut list = resolved.list;
+    let mut cni_args = base_args.clone();
+    if let Some(s) = &sel {
+        apply_selection(&mut list, s);
+        capability_args = s.capability_requests();
+        for cap in MUST_BE_DECLARED {
+            if capability_args.contains_key(*cap)
+                && !list.plugins.iter().any(|p| p.has_capability(cap))
+            {
+                return Err(CniError::invalid_config(format!(
+                    "network \"{}\": the pod requests {cap:?} but no plugin of the network declares capability {cap:?}",
+                    resolved.name
+                )));
+            }
+        }
+        // The legacy way Multus passes them too, for plugins that read CNI_ARGS.
+        if !s.ips.is_empty() {
+            cni_args.set("IP", s.ips.join(","));
+        }
+        if let Some(mac) = &s.mac {
+            cni_args.set("MAC", mac.clone());
+        }
+    }
+    let device_info_file = list
+        .plugins
+        .iter()
+        .any(|p| p.has_capability("CNIDeviceInfoFile"))
+        .then(|| {
+            r.conf.plexus.device_info_dir.join(format!(
+                "{}-{}_{}",
+                resolved.name.replace('/', "-"),
+                input.container_id,
+                ifname
+            ))
+        });
+    if let Some(f) = &device_info_file {
+        capability_args.insert("CNIDeviceInfoFile".into(), json!(f));
+    }
+    Ok(Planned {
+        is_default,
+        name: resolved.name,
+        ifname,
+        list,
+        capability_args,
+        cni_args,
+        selection: sel,
+        device_info_file,
+        auxiliary: false,
+    })
 }
 
 /// `auxiliaryCNIChainName`: the plugins in `<dir of clusterNetwork>/<name>/*.conf`,
@@ -300,27 +341,9 @@ fn apply_selection(list: &mut NetworkConfigList, s: &NetworkSelection) {
         extra.insert("ipam-claim-reference".into(), json!(claim));
     }
     for p in &mut list.plugins {
-        let raw = p.raw_mut();
-        if !extra.is_empty() {
-            let args = raw.entry("args").or_insert_with(|| json!({}));
-            if !args.is_object() {
-                *args = json!({});
-            }
-            let cni = args
-                .as_object_mut()
-                .map(|a| a.entry("cni").or_insert_with(|| json!({})));
-            if let Some(cni) = cni {
-                if !cni.is_object() {
-                    *cni = json!({});
-                }
-                if let Some(m) = cni.as_object_mut() {
-                    for (k, v) in &extra {
-                        m.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-        }
+        p.merge_cni_args(&extra);
         if let Some(dev) = &s.device_id {
+            let raw = p.raw_mut();
             raw.insert("deviceID".into(), json!(dev));
             raw.insert("pciBusID".into(), json!(dev));
         }
