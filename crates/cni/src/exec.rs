@@ -112,6 +112,8 @@ fn drain(r: &mut impl Read, buf: &mut [u8], mut keep: impl FnMut(&[u8])) -> std:
 /// bytes kept, the rest drained) and the tail of its stderr, all on this thread, until
 /// both outputs are closed or `deadline` passes. A child that exits without reading
 /// its stdin is not an error.
+// Long on purpose: one poll loop over three pipes and the deadline; split, its state
+// (buffers, which fds are open) would have to travel between the parts.
 fn pump(
     stdin: ChildStdin,
     mut stdout: ChildStdout,

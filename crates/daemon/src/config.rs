@@ -86,6 +86,7 @@ impl DaemonConfig {
     }
 
     /// Parses the JSON document.
+    // Long on purpose: one key after another, each with its default and check.
     pub fn parse(bytes: &[u8]) -> Result<DaemonConfig> {
         let v: Value = serde_json::from_slice(bytes).context("not valid JSON")?;
         let Value::Object(raw) = v else {

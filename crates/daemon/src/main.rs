@@ -77,6 +77,7 @@ fn main() -> Result<()> {
     rt.block_on(run(cfg))
 }
 
+// Long on purpose: the daemon's start-up, step by step in the order it must happen.
 async fn run(cfg: Arc<DaemonConfig>) -> Result<()> {
     let metrics = Arc::new(plexus_daemon::metrics::Metrics::default());
     let handle = tokio::runtime::Handle::current();

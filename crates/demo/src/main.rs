@@ -79,6 +79,7 @@ fn main() -> Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
+// Long on purpose: the demo's script, read top to bottom as it runs.
 fn run(
     node: &NamedNetNs,
     tag: u32,

@@ -153,8 +153,7 @@ fn selected_networks(
 /// `namespaceIsolation`: a pod may name NADs of its own namespace and of the global ones.
 fn check_isolation(conf: &NetConf, pod: &PodInfo, sel: &NetworkSelection) -> Result<()> {
     let ns = &sel.network.namespace;
-    if conf.namespace_isolation && ns != &pod.namespace && !conf.global_namespaces().contains(ns)
-    {
+    if conf.namespace_isolation && ns != &pod.namespace && !conf.global_namespaces().contains(ns) {
         return Err(CniError::invalid_config(format!(
             "pod \"{}\": namespace isolation enabled, annotation violates permission: pod is in namespace {} but refers to target namespace {ns} (network \"{}\")",
             pod.key(),
@@ -195,7 +194,9 @@ pub fn attachments(
         }
         // D3: the runtime's runtimeConfig is the default network's only.
         let runtime = (i == 0).then_some(runtime_config);
-        out.push(attachment(r, input, resolved, sel, ifname, &base_args, runtime)?);
+        out.push(attachment(
+            r, input, resolved, sel, ifname, &base_args, runtime,
+        )?);
     }
     if let Some(aux) = auxiliary_chain(r, input, &out)? {
         out.push(aux);

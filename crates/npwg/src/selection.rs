@@ -361,6 +361,7 @@ fn parse_json(
         .collect()
 }
 
+// Long on purpose: one field of the element after another, each with its own check.
 fn json_element(
     cx: &Ctx,
     i: usize,

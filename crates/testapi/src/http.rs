@@ -194,6 +194,7 @@ fn body_json(body: &Bytes) -> Result<Value, ApiErr> {
     })
 }
 
+// Long on purpose: the route table, one arm per endpoint, read as kube-apiserver's.
 fn dispatch(
     store: &Store,
     method: &Method,
