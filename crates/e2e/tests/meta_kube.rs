@@ -67,7 +67,10 @@ fn add_writes_status_and_events_del_works_without_the_api() {
             (
                 e["name"].as_str().unwrap().into(),
                 e["interface"].as_str().unwrap().into(),
-                e["default"].as_bool().unwrap(),
+                // Omitted when false, as Multus writes it.
+                e.get("default")
+                    .map(|d| d.as_bool().unwrap())
+                    .unwrap_or(false),
             )
         })
         .collect();

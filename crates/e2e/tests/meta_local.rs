@@ -62,7 +62,8 @@ fn pods_with_three_networks_talk_and_leave_nothing() {
             .collect();
         assert_eq!(names, ["cluster", "demo/mv", "demo/br"]);
         assert_eq!(st[0]["default"], true);
-        assert_eq!(st[1]["default"], false);
+        // `default` is omitted when false, byte for byte as Multus writes it.
+        assert!(st[1].get("default").is_none(), "{}", st[1]);
         assert_eq!(st[1]["ips"], json!([ip.split('/').next().unwrap()]));
         assert_eq!(st[1]["mac"], link(ctr, "net1").unwrap()["address"]);
         n.check(&att, &CniResult::V100(r)).unwrap();
@@ -407,6 +408,30 @@ fn namespace_isolation_and_global_namespaces() {
     );
     n.add(&att).unwrap();
     n.del(&att).unwrap();
+    // The default-network annotation follows the same rule: no eth0 on another
+    // namespace's NAD (kube-system included), nothing attached.
+    n.nad(
+        "kube-system",
+        "sys",
+        bridge_host_local(&unique("kbr"), "203.0.113.0/24", &n.ipam_dir()),
+    );
+    for other in ["other/br", "kube-system/sys", "sys"] {
+        let att = n.attachment(
+            0,
+            &unique("cid"),
+            "demo",
+            "p",
+            &[("PLEXUS_DEFAULT_NETWORK", other)],
+        );
+        let e = n.add(&att).unwrap_err();
+        assert_eq!(e.code, 7, "{other}: {e}");
+        assert!(
+            e.msg.contains("namespace isolation enabled")
+                && e.msg.contains("v1.multus-cni.io/default-network"),
+            "{other}: {e}"
+        );
+        assert_eq!(links(n.world.ctr(0)), ["lo"], "{other}");
+    }
     assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
 }
 

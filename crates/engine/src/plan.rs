@@ -87,6 +87,9 @@ fn node_networks(
         Some(v) => {
             let sel = selection::parse_default_network(v, &conf.multus_namespace)
                 .map_err(|e| selection_error(e, pod))?;
+            if let Some(p) = pod {
+                check_isolation(conf, p, DEFAULT_NETWORK_ANNOTATION, &sel)?;
+            }
             out.push((r.nad(&sel.network, pod)?, None));
         }
         None => out.push((r.cluster_network()?, None)),
@@ -135,7 +138,7 @@ fn selected_networks(
         selection_error(e, Some(pod))
     })?;
     for sel in &selections {
-        check_isolation(r.conf, pod, sel)?;
+        check_isolation(r.conf, pod, NETWORKS_ANNOTATION, sel)?;
     }
     if let (Some(c), true) = (r.cluster, selections.len() > 1) {
         let refs: Vec<(String, String)> = selections
@@ -150,12 +153,19 @@ fn selected_networks(
         .collect()
 }
 
-/// `namespaceIsolation`: a pod may name NADs of its own namespace and of the global ones.
-fn check_isolation(conf: &NetConf, pod: &PodInfo, sel: &NetworkSelection) -> Result<()> {
+/// `namespaceIsolation`: whatever annotation names it, a pod may use a NAD of its own
+/// namespace or of a global one only (the networks of the node's configuration,
+/// `clusterNetwork` and `defaultNetworks`, are the administrator's, not the pod's).
+fn check_isolation(
+    conf: &NetConf,
+    pod: &PodInfo,
+    annotation: &str,
+    sel: &NetworkSelection,
+) -> Result<()> {
     let ns = &sel.network.namespace;
     if conf.namespace_isolation && ns != &pod.namespace && !conf.global_namespaces().contains(ns) {
         return Err(CniError::invalid_config(format!(
-            "pod \"{}\": namespace isolation enabled, annotation violates permission: pod is in namespace {} but refers to target namespace {ns} (network \"{}\")",
+            "pod \"{}\": namespace isolation enabled, annotation violates permission: pod is in namespace {} but {annotation} refers to target namespace {ns} (network \"{}\")",
             pod.key(),
             pod.namespace,
             sel.network

@@ -25,7 +25,9 @@ pub struct NetworkStatus {
     /// MTU of `interface` (Multus key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
-    /// True for the cluster-wide default network only.
+    /// True for the cluster-wide default network only; omitted when false, byte for byte
+    /// as Multus writes it (consumers written for Multus expect that).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub default: bool,
     /// DNS (always present, `{}` when empty, as Multus writes it).
     pub dns: Dns,
@@ -182,7 +184,7 @@ mod tests {
         );
         assert_eq!(
             serde_json::to_value(&e).unwrap(),
-            json!([{"name": "ns/ipam-only", "interface": "net1", "ips": ["203.0.113.9"], "default": false, "dns": {}}])
+            json!([{"name": "ns/ipam-only", "interface": "net1", "ips": ["203.0.113.9"], "dns": {}}])
         );
     }
 

@@ -223,6 +223,32 @@ fn namespace_isolation_and_global_namespaces() {
 }
 
 #[test]
+fn namespace_isolation_applies_to_the_default_network_annotation_too() {
+    let f = fixture();
+    f.cluster
+        .nad("kube-system", "alt", net("alt", "bridge", json!({})));
+    f.cluster
+        .nad("demo", "own", net("own", "bridge", json!({})));
+    let iso = json!({"namespaceIsolation": true});
+    for other in ["other/x", "kube-system/alt", "alt"] {
+        let e = plan(&f, iso.clone(), &[(DEFAULT_NETWORK_ANNOTATION, other)]).unwrap_err();
+        assert_eq!(e.code, 7, "{other}");
+        assert!(
+            e.msg.contains("namespace isolation") && e.msg.contains(DEFAULT_NETWORK_ANNOTATION),
+            "{other}: {}",
+            e.msg
+        );
+    }
+    let p = plan(&f, iso.clone(), &[(DEFAULT_NETWORK_ANNOTATION, "demo/own")]).unwrap();
+    assert_eq!(names(&p), pairs(&[("demo/own", "eth0")]));
+    assert!(plan(&f, iso, &[(DEFAULT_NETWORK_ANNOTATION, "default/g")]).is_ok());
+    // Without isolation, Multus's reading: unqualified names live in multusNamespace.
+    let p = plan(&f, json!({}), &[(DEFAULT_NETWORK_ANNOTATION, "alt")]).unwrap();
+    assert_eq!(names(&p), pairs(&[("kube-system/alt", "eth0")]));
+    assert!(f.exec.calls().is_empty());
+}
+
+#[test]
 fn default_networks_and_the_default_network_annotation() {
     let f = fixture();
     f.cluster
