@@ -58,7 +58,7 @@ pub fn ifname(name: &str) -> std::result::Result<(), String> {
     }
     if let Some(c) = name
         .chars()
-        .find(|c| matches!(c, '/' | ':' | '\0') || c.is_whitespace())
+        .find(|c| matches!(c, '/' | ':' | '\0') || c.is_whitespace() || c.is_control())
     {
         return Err(format!("interface name {name:?} contains {c:?}"));
     }
@@ -83,6 +83,16 @@ pub fn plugin_type(t: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interface_names_with_control_characters_are_refused() {
+        for bad in ["net\u{1b}[31m", "a\u{7f}", "x\u{85}y", "eth\t0"] {
+            let e = ifname(bad).unwrap_err();
+            assert!(e.contains("contains"), "{bad:?}: {e}");
+            assert_eq!(env_ifname(bad).unwrap_err().code, 4);
+        }
+        assert!(ifname("net1").is_ok());
+    }
 
     #[test]
     fn container_ids() {

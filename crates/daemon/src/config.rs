@@ -118,7 +118,9 @@ impl DaemonConfig {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| plexus_proto::DEFAULT_SOCKET_DIR.into()),
             metrics_port,
-            metrics_bind: s(&plexus, "metricsBindAddress").unwrap_or_else(|| "0.0.0.0".into()),
+            // The node's loopback only: the DaemonSet runs in the host's network, where
+            // any other address is reachable from the whole network.
+            metrics_bind: s(&plexus, "metricsBindAddress").unwrap_or_else(|| "127.0.0.1".into()),
             connection_limit,
             max_concurrent_requests: n(&plexus, "maxConcurrentRequests")?.unwrap_or(32).max(1)
                 as usize,
@@ -234,5 +236,9 @@ mod tests {
         assert_eq!(c.cni_dir, PathBuf::from(DEFAULT_CNI_DIR));
         let d = DaemonConfig::parse(br#"{"cniVersion":"1.0.0"}"#).unwrap();
         assert_eq!(d.engine, PlexusConf::default());
+        assert_eq!(
+            d.metrics_bind, "127.0.0.1",
+            "metrics on the node's loopback by default"
+        );
     }
 }

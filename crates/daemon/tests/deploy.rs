@@ -83,6 +83,10 @@ fn configmap_holds_a_valid_daemon_config() {
     let parsed = plexus_daemon::config::DaemonConfig::parse(cfg.as_bytes()).unwrap();
     assert_eq!(parsed.metrics_port, Some(9091));
     assert_eq!(
+        parsed.metrics_bind, "127.0.0.1",
+        "not on every node address"
+    );
+    assert_eq!(
         parsed.socket_path(),
         Path::new("/host/run/plexus/plexus.sock")
     );
@@ -99,6 +103,11 @@ fn daemonset_installs_the_shim_atomically_and_is_guaranteed() {
         "{script}"
     );
     let c = &pod.containers[0];
+    // The probes reach the loopback listener from the node.
+    for probe in [&c.liveness_probe, &c.readiness_probe] {
+        let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(get.host.as_deref(), Some("127.0.0.1"));
+    }
     let res = c.resources.as_ref().unwrap();
     assert_eq!(res.requests, res.limits, "Guaranteed QoS");
     let env = c.env.as_ref().unwrap();

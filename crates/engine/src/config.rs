@@ -175,8 +175,21 @@ pub struct NetConf {
 impl NetConf {
     /// Parses and checks the configuration.
     pub fn parse(bytes: &[u8]) -> Result<NetConf> {
-        let conf: NetConf = serde_json::from_slice(bytes)
-            .map_err(|e| CniError::invalid_config(format!("plexus configuration: {e}")))?;
+        let conf: NetConf =
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
+                .map_err(|e| {
+                    // The key at fault is named: "delegates": invalid type ...
+                    let at = e.path().to_string();
+                    let why = e.into_inner();
+                    match at.as_str() {
+                        "" | "." => {
+                            CniError::invalid_config(format!("plexus configuration: {why}"))
+                        }
+                        _ => {
+                            CniError::invalid_config(format!("plexus configuration: {at:?}: {why}"))
+                        }
+                    }
+                })?;
         if conf.delegates.is_empty()
             && conf
                 .cluster_network
@@ -247,6 +260,24 @@ mod tests {
             "{}",
             e.msg
         );
+        for (conf, key) in [
+            (
+                r#"{"cniVersion":"1.0.0","clusterNetwork":"x","delegates":"x"}"#,
+                "\"delegates\"",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","clusterNetwork":"x","plexus":{"apiRetries":"3"}}"#,
+                "\"plexus.apiRetries\"",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","clusterNetwork":"x","plexus":{"local":{"nadDir":1}}}"#,
+                "\"plexus.local.nadDir\"",
+            ),
+        ] {
+            let e = NetConf::parse(conf.as_bytes()).unwrap_err();
+            assert_eq!(e.code, 7);
+            assert!(e.msg.contains(key), "{key}: {}", e.msg);
+        }
         let e = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n"}"#).unwrap_err();
         assert!(e.msg.contains("\"delegates\" or \"clusterNetwork\""));
         let c = NetConf::parse(

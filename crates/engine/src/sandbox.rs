@@ -37,7 +37,18 @@ pub struct KernelSandboxes;
 
 impl Sandboxes for KernelSandboxes {
     fn open(&self, path: &str) -> Result<Box<dyn Sandbox>> {
-        let ns = NetNs::open(path).map_err(|e| CniError::invalid_env(format!("CNI_NETNS: {e}")))?;
+        let env = |e: String| CniError::invalid_env(format!("CNI_NETNS: {e}"));
+        let ns = NetNs::open(path).map_err(|e| env(e.to_string()))?;
+        // The node's own namespace is never a pod's: its interfaces and default route
+        // are the node's (a delegate would replace the node's eth0 or its routes).
+        let node = NetNs::current().and_then(|c| c.id());
+        if let (Ok(target), Ok(node)) = (ns.id(), node) {
+            if target == node {
+                return Err(env(format!(
+                    "{path} is the node's own network namespace ({node}), not a pod's"
+                )));
+            }
+        }
         Ok(Box::new(KernelSandbox {
             ns,
             path: path.to_string(),
@@ -189,4 +200,32 @@ async fn add_default(
 
 fn nl(what: &'static str) -> impl Fn(rtnetlink::Error) -> CniError {
     move |e| CniError::internal(format!("default-route: {what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nodes_own_namespace_and_what_is_not_one_are_refused() {
+        for path in ["/proc/self/ns/net", "/proc/thread-self/ns/net"] {
+            let e = KernelSandboxes.open(path).err().expect("refused");
+            assert_eq!(e.code, 4);
+            assert!(
+                e.msg.contains("the node's own network namespace"),
+                "{}",
+                e.msg
+            );
+        }
+        let e = KernelSandboxes
+            .open("/proc/self/ns/uts")
+            .err()
+            .expect("refused");
+        assert!(e.msg.contains("not a network namespace"), "{}", e.msg);
+        let e = KernelSandboxes
+            .open("/etc/hostname")
+            .err()
+            .expect("refused");
+        assert_eq!(e.code, 4);
+    }
 }

@@ -35,6 +35,10 @@ impl Engine {
             return self.state.remove(&req.container_id);
         };
         if let Some(n) = req.netns.as_ref().filter(|n| !n.is_empty()) {
+            // A namespace that is still there must be a pod's (never the node's own).
+            if std::path::Path::new(n).exists() {
+                self.sandboxes.open(n)?;
+            }
             st.netns = n.clone();
         }
         self.del_state(&rt, &mut st)?;

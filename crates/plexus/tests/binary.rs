@@ -55,7 +55,11 @@ fn bad_config_is_one_error_document() {
         r#"{"cniVersion":"1.0.0","name":"x","type":"plexus","clusterNetwork":"x","delegates":"no"}"#,
     );
     assert_eq!(v["code"], 7);
-    assert!(v["msg"].as_str().unwrap().contains("invalid type"), "{v}");
+    let msg = v["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("\"delegates\": invalid type"),
+        "the key is named: {v}"
+    );
     let (_, v) = run(&[("CNI_COMMAND", "ADD")], "not json");
     assert_eq!(v["code"], 6);
 }
@@ -75,4 +79,27 @@ fn bad_netns_is_code_4() {
     assert_eq!(code, 1);
     assert_eq!(v["code"], 4, "{v}");
     assert!(v["msg"].as_str().unwrap().contains("CNI_NETNS"), "{v}");
+    // The node's own namespace is never a pod's: refused before anything runs.
+    let mut own = env;
+    own[2] = ("CNI_NETNS", "/proc/self/ns/net");
+    let (code, v) = run(
+        &own,
+        r#"{"cniVersion":"1.0.0","name":"x","type":"plexus","cniDir":"/nonexistent/plexus-test","delegates":[{"cniVersion":"1.0.0","name":"d","type":"bridge"}]}"#,
+    );
+    assert_eq!((code, v["code"].as_u64()), (1, Some(4)), "{v}");
+    assert!(
+        v["msg"]
+            .as_str()
+            .unwrap()
+            .contains("the node's own network namespace"),
+        "{v}"
+    );
+    // Nor is an interface name with control characters a name.
+    let mut ctl = env;
+    ctl[3] = ("CNI_IFNAME", "eth\u{1b}[0m");
+    let (_, v) = run(
+        &ctl,
+        r#"{"cniVersion":"1.0.0","name":"x","type":"plexus","clusterNetwork":"x"}"#,
+    );
+    assert_eq!(v["code"], 4, "{v}");
 }
