@@ -779,3 +779,30 @@ fn selection_keys_reach_the_delegates() {
     n.del(&att).unwrap();
     assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
 }
+
+#[test]
+fn the_runtimes_ip_and_mac_reach_the_default_network_only() {
+    // What podman passes for `--ip` and `--mac-address`: the default network's, not the
+    // others' (they failed with "failed to allocate all requested IPs", or got the MAC).
+    let n = node(1);
+    std_nads(&n);
+    let att = n.attachment(
+        0,
+        &unique("cid"),
+        "demo",
+        "p",
+        &[
+            ("PLEXUS_NETWORKS", "br"),
+            ("IP", "192.0.2.77"),
+            ("MAC", "02:00:00:00:00:77"),
+        ],
+    );
+    n.add(&att).unwrap();
+    let ctr = n.world.ctr(0);
+    assert_eq!(addresses(ctr, "eth0")[0], "192.0.2.77/24");
+    assert!(addresses(ctr, "net1")[0].starts_with("198.51.100."));
+    assert_ne!(link(ctr, "net1").unwrap()["address"], "02:00:00:00:00:77");
+    n.del(&att).unwrap();
+    assert_eq!(links(ctr), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}

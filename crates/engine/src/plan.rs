@@ -193,6 +193,17 @@ pub fn attachments(
     if base_args.get("IgnoreUnknown").is_none() {
         base_args.0.insert(0, ("IgnoreUnknown".into(), "1".into()));
     }
+    // Like its runtimeConfig (D3), the runtime's own CNI_ARGS (podman's IP= and MAC=,
+    // anything else it passes) are the default network's; the other networks get the
+    // pod's identity and what their own selection element asks for.
+    let pod_args = CniArgs(
+        base_args
+            .0
+            .iter()
+            .filter(|(k, _)| k == "IgnoreUnknown" || k.starts_with("K8S_"))
+            .cloned()
+            .collect(),
+    );
     let mut out: Vec<Planned> = Vec::with_capacity(nets.len());
     for (i, (resolved, sel)) in nets.into_iter().enumerate() {
         let ifname = interface_name(i, input.ifname, sel.as_ref());
@@ -204,9 +215,8 @@ pub fn attachments(
         }
         // D3: the runtime's runtimeConfig is the default network's only.
         let runtime = (i == 0).then_some(runtime_config);
-        out.push(attachment(
-            r, input, resolved, sel, ifname, &base_args, runtime,
-        )?);
+        let args = if i == 0 { &base_args } else { &pod_args };
+        out.push(attachment(r, input, resolved, sel, ifname, args, runtime)?);
     }
     if let Some(aux) = auxiliary_chain(r, input, &out)? {
         out.push(aux);

@@ -126,6 +126,46 @@ fn d3_the_runtime_config_goes_to_the_default_network_only() {
 }
 
 #[test]
+fn the_runtimes_own_cni_args_go_to_the_default_network_only() {
+    let f = fixture();
+    f.cluster.pod("demo", "p", &[(NETWORKS_ANNOTATION, "a")]);
+    let e = f.engine(json!({}));
+    let mut req = f.req("c1", "demo", "p");
+    // What podman passes for --ip and --mac-address, and an argument of the user's.
+    req.args.set("IP", "198.51.100.9");
+    req.args.set("MAC", "02:00:00:00:00:99");
+    req.args.set("FOO", "bar");
+    let pod = e.pod(&req).unwrap();
+    let p = e.plan_add(&req, pod.as_ref()).unwrap();
+    assert_eq!(p[0].cni_args.get("IP"), Some("198.51.100.9"));
+    assert_eq!(p[0].cni_args.get("MAC"), Some("02:00:00:00:00:99"));
+    assert_eq!(p[0].cni_args.get("FOO"), Some("bar"));
+    for k in ["IP", "MAC", "FOO"] {
+        assert_eq!(
+            p[1].cni_args.get(k),
+            None,
+            "{k} stays with the default network"
+        );
+    }
+    assert_eq!(p[1].cni_args.get("K8S_POD_NAME"), Some("p"));
+    assert_eq!(p[1].cni_args.get("IgnoreUnknown"), Some("1"));
+    // An element's own ips and mac still reach its network the legacy way too.
+    f.cluster.pod(
+        "demo",
+        "p",
+        &[(
+            NETWORKS_ANNOTATION,
+            r#"[{"name":"a","ips":["192.0.2.40/24"],"mac":"02:00:00:00:00:40"}]"#,
+        )],
+    );
+    let pod = e.pod(&req).unwrap();
+    let p = e.plan_add(&req, pod.as_ref()).unwrap();
+    assert_eq!(p[1].cni_args.get("IP"), Some("192.0.2.40/24"));
+    assert_eq!(p[1].cni_args.get("MAC"), Some("02:00:00:00:00:40"));
+    assert_eq!(p[0].cni_args.get("IP"), Some("198.51.100.9"));
+}
+
+#[test]
 fn d2_requests_go_as_capabilities_and_cni_args_and_undeclared_ones_are_refused() {
     let f = fixture();
     let sel = r#"[{"name":"a","ips":["192.0.2.40/24"],"mac":"02:00:00:00:00:40"}]"#;
