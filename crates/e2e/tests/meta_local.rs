@@ -806,3 +806,37 @@ fn the_runtimes_ip_and_mac_reach_the_default_network_only() {
     assert_eq!(links(ctr), ["lo"]);
     assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
 }
+
+#[test]
+fn check_sees_what_a_pre_040_network_lost() {
+    // Most NADs say 0.3.1, where CHECK does not exist: Plexus verifies the interfaces of
+    // every attachment in the pod's namespace itself.
+    let n = node(1);
+    let mut old = bridge_host_local(&unique("obr"), "198.51.100.0/24", &n.ipam_dir());
+    old["cniVersion"] = json!("0.3.1");
+    n.nad("demo", "old", old);
+    let att = n.attachment(
+        0,
+        &unique("cid"),
+        "demo",
+        "p",
+        &[("PLEXUS_NETWORKS", "old")],
+    );
+    let r = n.add(&att).unwrap();
+    n.check(&att, &r).unwrap();
+    let ctr = n.world.ctr(0);
+    let mac = link(ctr, "net1").unwrap()["address"].as_str().unwrap().to_string();
+    ip(Some(ctr), &["link", "set", "net1", "address", "02:00:00:00:00:66"]);
+    let e = n.check(&att, &r).unwrap_err();
+    assert!(
+        e.msg.contains("demo/old") && e.msg.contains(&format!("the ADD result says {mac}")),
+        "{e}"
+    );
+    ip(Some(ctr), &["link", "del", "net1"]);
+    let e = n.check(&att, &r).unwrap_err();
+    assert_eq!(e.code, 100, "{e}");
+    assert!(e.msg.contains("\"net1\" is missing"), "{e}");
+    n.del(&att).unwrap();
+    assert_eq!(links(ctr), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}

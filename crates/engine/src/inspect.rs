@@ -3,15 +3,21 @@
 //! longer lists and, for every network, of the attachments it still holds.
 
 use crate::engine::{attachment, network_context, Engine, Request};
+use crate::sandbox::Link;
 use crate::state::PodState;
 use crate::teardown::recorded_result;
 use plexus_cni::args::CniArgs;
 use plexus_cni::config::NetworkConfigList;
+use plexus_cni::result::Result100;
 use plexus_cni::runtime::ValidAttachment;
 use plexus_cni::version::Version;
 use plexus_cni::{code, validate, CniError, Result};
 use std::collections::HashSet;
 use std::path::PathBuf;
+
+/// CHECK's code when the pod's namespace does not hold what an attachment's ADD made
+/// (a Plexus code: the spec leaves 100 and above to plugins).
+pub const CHECK_DRIFT: u32 = 100;
 
 /// The runtime's `cni.dev/valid-attachments` of a GC request (or the key's older name).
 pub fn valid_attachments(req: &plexus_cni::plugin::Request) -> Result<Vec<ValidAttachment>> {
@@ -41,7 +47,15 @@ impl Engine {
             )
         })?;
         let rt = self.runtime(&req.cni_path);
-        let netns = req.netns.clone().unwrap_or(st.netns.clone());
+        let netns = req
+            .netns
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(st.netns.clone());
+        // What the pod's namespace really holds: every attachment's interfaces are
+        // verified against it, whatever its delegates' version (CHECK does not exist
+        // before 0.4.0, and most networks say 0.3.1).
+        let links = self.sandboxes.open(&netns)?.links()?;
         let mut errors = Vec::new();
         for a in &st.attachments {
             let run = || -> Result<()> {
@@ -49,8 +63,9 @@ impl Engine {
                 let prev = recorded_result(&rt, &st.container_id, a).ok_or_else(|| {
                     CniError::new(code::UNKNOWN_CONTAINER, "no ADD result recorded")
                 })?;
+                verify_interfaces(&prev.to_current(), &links, &netns)?;
                 if !Version::parse(&list.cni_version)?.at_least("0.4.0") {
-                    return Ok(()); // CHECK does not exist before 0.4.0.
+                    return Ok(());
                 }
                 let att = attachment(
                     &st.container_id,
@@ -178,4 +193,41 @@ pub(crate) fn gc_lists(
         remember(l, None);
     }
     lists
+}
+
+/// The interfaces an ADD result put in the pod are there, with its MAC and addresses;
+/// an error naming everything that is not.
+pub(crate) fn verify_interfaces(r: &Result100, links: &[Link], netns: &str) -> Result<()> {
+    let mut wrong = Vec::new();
+    for (i, iface) in r.interfaces.iter().enumerate() {
+        if iface.sandbox.is_empty() {
+            continue; // a host-side interface (a bridge, a veth's peer)
+        }
+        let Some(link) = links.iter().find(|l| l.name == iface.name) else {
+            wrong.push(format!(
+                "interface {:?} is missing from {netns}",
+                iface.name
+            ));
+            continue;
+        };
+        let want = iface.mac.to_ascii_lowercase();
+        if !want.is_empty() && link.mac != want {
+            wrong.push(format!(
+                "interface {:?} has MAC {}, the ADD result says {want}",
+                iface.name, link.mac
+            ));
+        }
+        for ip in r.ips.iter().filter(|ip| ip.interface == Some(i as i32)) {
+            if !link.addresses.contains(&ip.address) {
+                wrong.push(format!(
+                    "interface {:?} lacks address {} of the ADD result",
+                    iface.name, ip.address
+                ));
+            }
+        }
+    }
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(CniError::new(CHECK_DRIFT, wrong.join("; ")))
 }

@@ -4,8 +4,11 @@
 
 use crate::routes::RouteChange;
 use futures_util::TryStreamExt;
+use plexus_cni::ipnet::IpNet;
 use plexus_cni::{CniError, Result};
 use plexus_netns::NetNs;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::RouteMessageBuilder;
@@ -14,6 +17,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The interface names of a namespace, listed in the background.
 pub type PendingInterfaces = Box<dyn FnOnce() -> Result<HashSet<String>> + Send>;
+
+/// One interface of a namespace as the kernel has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Link {
+    /// Its name.
+    pub name: String,
+    /// Its hardware address, lowercase `aa:bb:...` (empty when it has none).
+    pub mac: String,
+    /// Its addresses with their prefix lengths.
+    pub addresses: Vec<IpNet>,
+}
 
 /// Opens the namespace `CNI_NETNS` names.
 pub trait Sandboxes: Send + Sync {
@@ -29,6 +43,8 @@ pub trait Sandbox: Send {
     /// Removes the default routes of `change.families` on `change.ifnames` and installs
     /// `change.gateways` on `change.owner` (existing ones are kept).
     fn replace_default_routes(&self, change: &RouteChange) -> Result<()>;
+    /// Every interface of the namespace with its MAC and addresses (what CHECK verifies).
+    fn links(&self) -> Result<Vec<Link>>;
 }
 
 /// The kernel's namespaces.
@@ -90,6 +106,77 @@ impl Sandbox for KernelSandbox {
             .run(move || kernel_apply(&change))
             .map_err(|e| CniError::internal(format!("default-route: {e}")))?
     }
+
+    fn links(&self) -> Result<Vec<Link>> {
+        self.ns
+            .run(kernel_links)
+            .map_err(|e| CniError::internal(format!("listing interfaces: {e}")))?
+    }
+}
+
+/// The namespace's links and addresses, over netlink, from a thread inside it.
+fn kernel_links() -> Result<Vec<Link>> {
+    let fail = |what: &str, e: rtnetlink::Error| {
+        CniError::internal(format!("listing interfaces: {what}: {e}"))
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CniError::internal(format!("listing interfaces: runtime: {e}")))?;
+    rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| CniError::internal(format!("listing interfaces: netlink: {e}")))?;
+        tokio::spawn(conn);
+        let links: Vec<LinkMessage> = handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| fail("links", e))?;
+        let addrs: Vec<AddressMessage> = handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| fail("addresses", e))?;
+        Ok(links.iter().map(|l| link_of(l, &addrs)).collect())
+    })
+}
+
+fn link_of(l: &LinkMessage, addrs: &[AddressMessage]) -> Link {
+    let mut link = Link::default();
+    for a in &l.attributes {
+        match a {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Address(b) => {
+                link.mac = b
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            }
+            _ => {}
+        }
+    }
+    for m in addrs.iter().filter(|m| m.header.index == l.header.index) {
+        // IFA_LOCAL is the interface's own address where a peer address is set too.
+        let local = m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        });
+        let addr = local.or_else(|| {
+            m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })
+        });
+        if let Some(net) = addr.and_then(|ip| IpNet::new(ip, m.header.prefix_len).ok()) {
+            link.addresses.push(net);
+        }
+    }
+    link
 }
 
 fn kernel_apply(c: &RouteChange) -> Result<()> {
@@ -205,6 +292,14 @@ fn nl(what: &'static str) -> impl Fn(rtnetlink::Error) -> CniError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kernels_links_are_read_with_mac_and_addresses() {
+        // The process's own namespace, read as CHECK reads a pod's: lo is there.
+        let links = kernel_links().unwrap();
+        let lo = links.iter().find(|l| l.name == "lo").expect("lo");
+        assert_eq!(lo.mac, "00:00:00:00:00:00");
+    }
 
     #[test]
     fn the_nodes_own_namespace_and_what_is_not_one_are_refused() {

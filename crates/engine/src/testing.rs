@@ -5,7 +5,7 @@
 use crate::cluster::{Cluster, EventType, PodInfo};
 use crate::config::NetConf;
 use crate::routes::RouteChange;
-use crate::sandbox::{PendingInterfaces, Sandbox, Sandboxes};
+use crate::sandbox::{Link, PendingInterfaces, Sandbox, Sandboxes};
 use crate::{Engine, Request};
 use plexus_cni::args::CniArgs;
 use plexus_cni::exec::{Exec, ExecOutput, ExecRequest};
@@ -270,6 +270,19 @@ pub struct FakeSandboxes {
     pub present: Mutex<HashSet<String>>,
     /// Every default-route change asked for.
     pub routes: Arc<Mutex<Vec<RouteChange>>>,
+    /// What CHECK finds in every namespace.
+    pub links: Arc<Mutex<Vec<Link>>>,
+}
+
+impl FakeSandboxes {
+    /// Puts interface `name` with `mac` and `address` in every namespace.
+    pub fn link(&self, name: &str, mac: &str, address: &str) {
+        lock(&self.links).push(Link {
+            name: name.into(),
+            mac: mac.into(),
+            addresses: vec![address.parse().expect("an address with its prefix")],
+        });
+    }
 }
 
 impl Sandboxes for FakeSandboxes {
@@ -282,6 +295,7 @@ impl Sandboxes for FakeSandboxes {
         Ok(Box::new(FakeSandbox {
             present: lock(&self.present).clone(),
             routes: self.routes.clone(),
+            links: self.links.clone(),
         }))
     }
 }
@@ -289,6 +303,7 @@ impl Sandboxes for FakeSandboxes {
 struct FakeSandbox {
     present: HashSet<String>,
     routes: Arc<Mutex<Vec<RouteChange>>>,
+    links: Arc<Mutex<Vec<Link>>>,
 }
 
 impl Sandbox for FakeSandbox {
@@ -300,6 +315,10 @@ impl Sandbox for FakeSandbox {
     fn replace_default_routes(&self, change: &RouteChange) -> Result<()> {
         lock(&self.routes).push(change.clone());
         Ok(())
+    }
+
+    fn links(&self) -> Result<Vec<Link>> {
+        Ok(lock(&self.links).clone())
     }
 }
 

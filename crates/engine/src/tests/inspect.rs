@@ -6,8 +6,9 @@ use plexus_npwg::NETWORKS_ANNOTATION;
 use serde_json::json;
 use std::collections::HashSet;
 
-#[test]
-fn check_runs_on_every_attachment_with_its_result() {
+/// A pod with a 1.0.0 network and a 0.3.1 one, added; the fake namespace holds what
+/// the fake plugins reported (interface n: MAC 02:00:00:00:00:0n, 192.0.2.1n/24).
+fn checked() -> (Fixture, crate::Engine) {
     let f = Fixture::new();
     f.cluster.nad("demo", "a", net("a", "macvlan", json!({})));
     f.cluster.nad(
@@ -20,8 +21,27 @@ fn check_runs_on_every_attachment_with_its_result() {
     let e = f.engine(json!({}));
     e.add(&f.req("c1", "demo", "p")).unwrap();
     f.exec.clear();
+    (f, e)
+}
+
+fn all_links(f: &Fixture, skip: &str) {
+    for (n, name) in ["eth0", "net1", "net2"].iter().enumerate() {
+        if *name != skip {
+            f.sandboxes.link(
+                name,
+                &format!("02:00:00:00:00:{:02x}", n + 1),
+                &format!("192.0.2.{}/24", 11 + n),
+            );
+        }
+    }
+}
+
+#[test]
+fn check_runs_on_every_attachment_with_its_result() {
+    let (f, e) = checked();
+    all_links(&f, "");
     e.check(&f.req("c1", "demo", "p")).unwrap();
-    // CHECK does not exist before 0.4.0.
+    // The plugins' CHECK from 0.4.0 on; every attachment verified in the namespace.
     assert_eq!(f.exec.log(), ["CHECK bridge eth0", "CHECK macvlan net1"]);
     assert_eq!(
         f.exec.calls()[1].stdin["prevResult"]["interfaces"][0]["name"],
@@ -37,6 +57,35 @@ fn check_runs_on_every_attachment_with_its_result() {
     );
     let err = e.check(&f.req("c2", "demo", "p")).unwrap_err();
     assert_eq!(err.code, 3);
+}
+
+#[test]
+fn check_sees_a_deleted_interface_of_a_pre_040_network() {
+    let (f, e) = checked();
+    all_links(&f, "net2");
+    let err = e.check(&f.req("c1", "demo", "p")).unwrap_err();
+    assert_eq!(err.code, crate::inspect::CHECK_DRIFT);
+    assert!(
+        err.msg.contains("demo/old") && err.msg.contains("\"net2\" is missing"),
+        "{}",
+        err.msg
+    );
+    assert!(!err.msg.contains("demo/a"), "{}", err.msg);
+}
+
+#[test]
+fn check_sees_a_changed_mac_or_a_lost_address() {
+    let (f, e) = checked();
+    all_links(&f, "net1");
+    f.sandboxes
+        .link("net1", "02:00:00:00:00:99", "192.0.2.99/24");
+    let err = e.check(&f.req("c1", "demo", "p")).unwrap_err();
+    assert!(err.msg.contains("has MAC 02:00:00:00:00:99"), "{}", err.msg);
+    assert!(
+        err.msg.contains("lacks address 192.0.2.12/24"),
+        "{}",
+        err.msg
+    );
 }
 
 #[test]
