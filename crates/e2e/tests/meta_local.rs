@@ -825,8 +825,14 @@ fn check_sees_what_a_pre_040_network_lost() {
     let r = n.add(&att).unwrap();
     n.check(&att, &r).unwrap();
     let ctr = n.world.ctr(0);
-    let mac = link(ctr, "net1").unwrap()["address"].as_str().unwrap().to_string();
-    ip(Some(ctr), &["link", "set", "net1", "address", "02:00:00:00:00:66"]);
+    let mac = link(ctr, "net1").unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ip(
+        Some(ctr),
+        &["link", "set", "net1", "address", "02:00:00:00:00:66"],
+    );
     let e = n.check(&att, &r).unwrap_err();
     assert!(
         e.msg.contains("demo/old") && e.msg.contains(&format!("the ADD result says {mac}")),
