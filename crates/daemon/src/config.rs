@@ -48,6 +48,8 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Users besides root who may use the socket (`plexus.socketAllowedUids`).
+    pub socket_uids: Vec<u32>,
     /// Whether `AddedInterface` events are recorded (one API write each).
     pub added_interface_events: bool,
     /// Log level (`debug`, `verbose`, `error`).
@@ -143,6 +145,12 @@ impl DaemonConfig {
             ),
             shutdown_grace: Duration::from_secs(n(&plexus, "shutdownGraceSeconds")?.unwrap_or(30)),
             max_body_bytes: n(&plexus, "maxRequestBytes")?.unwrap_or(1 << 20) as usize,
+            socket_uids: match plexus.get("socketAllowedUids") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(v) => serde_json::from_value(v.clone()).with_context(|| {
+                    format!("\"plexus.socketAllowedUids\" must be a list of uids, got {v}")
+                })?,
+            },
             added_interface_events: plexus
                 .get("addedInterfaceEvents")
                 .and_then(Value::as_bool)

@@ -76,6 +76,13 @@ pub async fn serve(state: Arc<AppState>, listener: UnixListener, stop: Arc<Notif
             a = listener.accept() => a?,
             _ = stop.notified() => break,
         };
+        // The socket's file mode is the first gate; the peer's credentials the second,
+        // whatever the mode of a socket directory mounted elsewhere became.
+        if let Err(why) = peer_allowed(&stream, &cfg.socket_uids) {
+            tracing::warn!(%why, "connection refused");
+            tokio::spawn(refuse(stream, why));
+            continue;
+        }
         let svc = TowerToHyperService::new(app.clone());
         let read_timeout = cfg.request_read_timeout;
         tokio::spawn(async move {
@@ -99,6 +106,48 @@ pub async fn serve(state: Arc<AppState>, listener: UnixListener, stop: Arc<Notif
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+/// Root, or a uid of `socketAllowedUids`.
+fn peer_allowed(stream: &tokio::net::UnixStream, allowed: &[u32]) -> std::result::Result<(), String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("the peer's credentials cannot be read: {e}"))?;
+    let uid = cred.uid();
+    if uid == 0 || allowed.contains(&uid) {
+        return Ok(());
+    }
+    Err(format!(
+        "uid {uid} (pid {}) may not use the plexus daemon: only root and plexus.socketAllowedUids {allowed:?}",
+        cred.pid().map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+    ))
+}
+
+/// Answers 403 with a CNI error, then discards what the peer sends (bounded in time and
+/// size) until it closes: closed with unread data, the socket would reset and the peer
+/// would never read why.
+async fn refuse(mut stream: tokio::net::UnixStream, why: String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = plexus_cni::CniError::new(plexus_cni::code::INVALID_ENVIRONMENT, why)
+        .to_json(plexus_cni::version::CURRENT);
+    let head = format!(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(&body).await;
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 8192];
+        let mut left: usize = 1 << 20;
+        while left > 0 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
 /// Serves `/metrics` (and `/healthz`) on TCP.

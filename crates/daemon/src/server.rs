@@ -89,10 +89,11 @@ async fn read_body(st: &AppState, method: &Method, body: Body) -> Result<CniRequ
             ))
         }
         Ok(Err(e)) => {
+            // Code 7, not 11: the same request would be refused again.
             return Err(cni_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &CniError::io(format!(
-                    "request body: {e} (limit {} bytes)",
+                &CniError::invalid_config(format!(
+                    "the request is larger than the daemon accepts (plexus.maxRequestBytes = {} bytes): {e}",
                     st.cfg.max_body_bytes
                 )),
             ))

@@ -424,6 +424,85 @@ fn bad_input_on_the_socket() {
     assert!(!d_socket_exists(&n), "the socket is removed at shutdown");
 }
 
+#[test]
+fn an_oversized_request_gets_a_readable_error_that_is_not_try_again() {
+    let (mut n, api) = kube_node();
+    api.put(Resource::Pods, pod_object("demo", "p", "u1", Some("br")));
+    let d = Daemon::start(&n, json!({"plexus": {"maxRequestBytes": 8192}}));
+    thick(&mut n);
+    n.conf["padding"] = json!("x".repeat(256 * 1024));
+    let att = n.attachment(0, &unique("cid"), "demo", "p", &[]);
+    let e = n.add(&att).unwrap_err();
+    assert_eq!(e.code, 7, "the same request would be refused again: {e}");
+    assert!(e.msg.contains("plexus.maxRequestBytes = 8192"), "{e}");
+    assert_eq!(links(n.world.ctr(0)), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    d.stop();
+}
+
+/// Runs plexus-shim as uid 65534 (nobody) with `env` and `stdin`; (exit code, stdout).
+fn shim_as_nobody(n: &Node, env: &[(&str, &str)], stdin: &str) -> (i32, Value) {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    // A copy nobody may execute, whatever the checkout's directories allow.
+    let bin = n.world.subdir("nobody").join("plexus-shim");
+    std::fs::copy(plexus_bin().with_file_name("plexus-shim"), &bin).unwrap();
+    for p in [bin.parent().unwrap(), bin.parent().unwrap().parent().unwrap()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = n
+        .world
+        .host
+        .run(|| {
+            let mut c = std::process::Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(&bin)
+                .env_clear()
+                .envs(env.iter().copied())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+            c.wait_with_output().unwrap()
+        })
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), v)
+}
+
+#[test]
+fn the_socket_serves_root_and_the_allowed_uids_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let (n, _api) = kube_node();
+    let env = [
+        ("CNI_COMMAND", "DEL"),
+        ("CNI_CONTAINERID", "nobody-c1"),
+        ("CNI_IFNAME", "eth0"),
+    ];
+    let conf = json!({"cniVersion": "1.0.0", "name": "plexus", "type": "plexus-shim",
+                      "daemonSocketDir": n.world.subdir("run"), "plexus": {"shimWaitSeconds": 1}})
+    .to_string();
+    for (allowed, refused) in [(json!(null), true), (json!([65534]), false)] {
+        let d = Daemon::start(&n, json!({"plexus": {"socketAllowedUids": allowed}}));
+        // Modes opened up, as a careless mount might: the credentials still decide.
+        let run = n.world.subdir("run");
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(run.parent().unwrap(), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::fs::set_permissions(d.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+        let (code, v) = shim_as_nobody(&n, &env, &conf);
+        if refused {
+            assert_eq!(code, 1, "{v}");
+            assert_eq!(v["code"], 4, "{v}");
+            assert!(v["msg"].as_str().unwrap().contains("uid 65534"), "{v}");
+        } else {
+            assert_eq!(code, 0, "{v}");
+        }
+        d.stop();
+    }
+}
+
 fn d_socket_exists(n: &Node) -> bool {
     n.world.subdir("run").join("plexus.sock").exists()
 }

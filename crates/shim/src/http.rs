@@ -52,11 +52,17 @@ fn exchange(
     )
     .into_bytes();
     request.extend_from_slice(body);
-    s.write_all(&request).map_err(|e| format!("sending: {e}"))?;
+    let sent = s.write_all(&request);
+    // A daemon that refuses the request (too large) answers and closes before reading
+    // all of it: its answer says why, where the broken pipe would not.
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| format!("reading the answer: {e}"))?;
-    parse(&raw)
+    let read = s.read_to_end(&mut raw);
+    match (sent, read) {
+        (_, Ok(_)) if !raw.is_empty() => parse(&raw),
+        (Err(e), _) => Err(format!("sending: {e}")),
+        (Ok(()), Err(e)) => Err(format!("reading the answer: {e}")),
+        (Ok(()), Ok(_)) => Err("the daemon closed the connection without an answer".into()),
+    }
 }
 
 fn parse(raw: &[u8]) -> Result<Response, String> {
