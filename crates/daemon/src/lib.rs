@@ -109,7 +109,10 @@ pub async fn serve(state: Arc<AppState>, listener: UnixListener, stop: Arc<Notif
 }
 
 /// Root, or a uid of `socketAllowedUids`.
-fn peer_allowed(stream: &tokio::net::UnixStream, allowed: &[u32]) -> std::result::Result<(), String> {
+fn peer_allowed(
+    stream: &tokio::net::UnixStream,
+    allowed: &[u32],
+) -> std::result::Result<(), String> {
     let cred = stream
         .peer_cred()
         .map_err(|e| format!("the peer's credentials cannot be read: {e}"))?;

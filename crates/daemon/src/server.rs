@@ -96,7 +96,7 @@ async fn read_body(st: &AppState, method: &Method, body: Body) -> Result<CniRequ
                     "the request is larger than the daemon accepts (plexus.maxRequestBytes = {} bytes): {e}",
                     st.cfg.max_body_bytes
                 )),
-            ))
+            ));
         }
         Ok(Ok(b)) => b,
     };

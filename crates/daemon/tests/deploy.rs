@@ -103,6 +103,33 @@ fn daemonset_installs_the_shim_atomically_and_is_guaranteed() {
         "{script}"
     );
     let c = &pod.containers[0];
+    // Delegates run chrooted into the host's root, mounted where the config says.
+    let cm: ConfigMap = one("configmap.yaml", "ConfigMap");
+    let cfg = cm.data.unwrap()["daemon-config.json"].clone();
+    let cfg = plexus_daemon::config::DaemonConfig::parse(cfg.as_bytes()).unwrap();
+    let root = cfg
+        .chroot_dir
+        .expect("chrootDir set: delegates must see the host");
+    let mount = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| Path::new(&m.mount_path) == root)
+        .expect("the chroot directory is mounted");
+    assert_eq!(mount.mount_propagation.as_deref(), Some("HostToContainer"));
+    let vol = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    assert_eq!(
+        vol.host_path.as_ref().unwrap().path,
+        "/",
+        "the host's whole root"
+    );
     // The probes reach the loopback listener from the node.
     for probe in [&c.liveness_probe, &c.readiness_probe] {
         let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();

@@ -192,6 +192,133 @@ fn the_status_write_retries_conflicts_and_server_errors_and_its_failure_rolls_th
     d.stop();
 }
 
+/// The host's root mounted at a directory of the test, as the DaemonSet mounts it at
+/// /hostroot, with a directory of the test over its /var/lib/cni/networks: what a
+/// delegate writes there shows it ran in the chroot. Unmounted when dropped.
+struct HostRoot {
+    root: std::path::PathBuf,
+    reservations: std::path::PathBuf,
+    /// The host had no /var/lib/cni/networks: the test made it, and removes it.
+    made: bool,
+}
+
+impl HostRoot {
+    fn mount(n: &Node) -> HostRoot {
+        let root = n.world.subdir("hostroot");
+        let reservations = n.world.subdir("reservations");
+        let sh = |cmd: &[&str]| {
+            let out = std::process::Command::new(cmd[0])
+                .args(&cmd[1..])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let made = !std::path::Path::new("/var/lib/cni/networks").exists();
+        std::fs::create_dir_all("/var/lib/cni/networks").unwrap();
+        let r = root.to_str().unwrap();
+        sh(&["mount", "--rbind", "/", r]);
+        // Private first: the overlay below must never reach the host's own tree.
+        let guard = HostRoot {
+            root: root.clone(),
+            reservations: reservations.clone(),
+            made,
+        };
+        sh(&["mount", "--make-rprivate", r]);
+        let over = root.join("var/lib/cni/networks");
+        sh(&[
+            "mount",
+            "--bind",
+            reservations.to_str().unwrap(),
+            over.to_str().unwrap(),
+        ]);
+        guard
+    }
+}
+
+impl Drop for HostRoot {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-R", "-l"])
+            .arg(&self.root)
+            .status();
+        if self.made {
+            // Only if still empty: nothing of anyone else's is removed.
+            let _ = std::fs::remove_dir("/var/lib/cni/networks");
+            let _ = std::fs::remove_dir("/var/lib/cni");
+        }
+    }
+}
+
+#[test]
+fn delegates_run_in_the_host_root_and_reservations_survive_a_restart() {
+    // The shipped layout: the configmap's chrootDir, the host's root mounted there.
+    let (mut n, api) = kube_node();
+    let host = HostRoot::mount(&n);
+    let cm = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/configmap.yaml"
+    ))
+    .unwrap();
+    assert!(
+        cm.contains("\"chrootDir\": \"/hostroot\""),
+        "the manifests run delegates chrooted"
+    );
+    // host-local with its default dataDir, as most NADs leave it.
+    let net = json!({"cniVersion": "1.0.0", "plugins": [{"type": "bridge", "bridge": unique("hbr"),
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": "203.0.113.0/24"}]]}}]});
+    api.put(Resource::Nads, nad_object("demo", "hl", &net));
+    for p in ["p0", "p1"] {
+        api.put(
+            Resource::Pods,
+            pod_object("demo", p, &format!("u-{p}"), Some("hl")),
+        );
+    }
+    let chroot = json!({"chrootDir": host.root});
+    let d = Daemon::start(&n, chroot.clone());
+    let thin = thick(&mut n);
+    let a0 = n.attachment(0, &unique("cid"), "demo", "p0", &[]);
+    n.add(&a0).unwrap();
+    let reserved = |dir: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join("hl"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f.starts_with("203.0.113."))
+            .collect();
+        v.sort();
+        v
+    };
+    let first = reserved(&host.reservations);
+    assert_eq!(
+        first.len(),
+        1,
+        "the reservation is in the host root the delegate saw"
+    );
+    assert!(reserved(std::path::Path::new("/var/lib/cni/networks")).is_empty());
+    // The daemon restarts: the next pod gets another address, the first one kept.
+    d.stop();
+    n.conf = thin;
+    let d = Daemon::start(&n, chroot);
+    thick(&mut n);
+    let a1 = n.attachment(1, &unique("cid"), "demo", "p1", &[]);
+    n.add(&a1).unwrap();
+    let both = reserved(&host.reservations);
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert!(both.contains(&first[0]));
+    n.del(&a0).unwrap();
+    n.del(&a1).unwrap();
+    assert!(reserved(&host.reservations).is_empty(), "released on DEL");
+    assert_eq!(links(n.world.ctr(0)), ["lo"]);
+    d.stop();
+    drop(host);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
+
 #[test]
 fn daemon_restart_between_add_and_del() {
     let (mut n, api) = kube_node();
@@ -447,7 +574,10 @@ fn shim_as_nobody(n: &Node, env: &[(&str, &str)], stdin: &str) -> (i32, Value) {
     // A copy nobody may execute, whatever the checkout's directories allow.
     let bin = n.world.subdir("nobody").join("plexus-shim");
     std::fs::copy(plexus_bin().with_file_name("plexus-shim"), &bin).unwrap();
-    for p in [bin.parent().unwrap(), bin.parent().unwrap().parent().unwrap()] {
+    for p in [
+        bin.parent().unwrap(),
+        bin.parent().unwrap().parent().unwrap(),
+    ] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let out = n
@@ -488,8 +618,11 @@ fn the_socket_serves_root_and_the_allowed_uids_only() {
         // Modes opened up, as a careless mount might: the credentials still decide.
         let run = n.world.subdir("run");
         std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::set_permissions(run.parent().unwrap(), std::fs::Permissions::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(
+            run.parent().unwrap(),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         std::fs::set_permissions(d.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
         let (code, v) = shim_as_nobody(&n, &env, &conf);
         if refused {
