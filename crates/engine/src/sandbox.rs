@@ -119,14 +119,7 @@ fn kernel_links() -> Result<Vec<Link>> {
     let fail = |what: &str, e: rtnetlink::Error| {
         CniError::internal(format!("listing interfaces: {what}: {e}"))
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CniError::internal(format!("listing interfaces: runtime: {e}")))?;
-    rt.block_on(async {
-        let (conn, handle, _) = rtnetlink::new_connection()
-            .map_err(|e| CniError::internal(format!("listing interfaces: netlink: {e}")))?;
-        tokio::spawn(conn);
+    with_netlink("listing interfaces", |handle| async move {
         let links: Vec<LinkMessage> = handle
             .link()
             .get()
@@ -179,15 +172,27 @@ fn link_of(l: &LinkMessage, addrs: &[AddressMessage]) -> Link {
     link
 }
 
-fn kernel_apply(c: &RouteChange) -> Result<()> {
+/// Runs `work` with a netlink connection of the calling thread's namespace, on a
+/// runtime of its own (the thread is a short-lived one inside the pod's namespace).
+fn with_netlink<T, F, Fut>(what: &str, work: F) -> Result<T>
+where
+    F: FnOnce(rtnetlink::Handle) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| CniError::internal(format!("default-route: runtime: {e}")))?;
+        .map_err(|e| CniError::internal(format!("{what}: runtime: {e}")))?;
     rt.block_on(async {
         let (conn, handle, _) = rtnetlink::new_connection()
-            .map_err(|e| CniError::internal(format!("default-route: netlink: {e}")))?;
+            .map_err(|e| CniError::internal(format!("{what}: netlink: {e}")))?;
         tokio::spawn(conn);
+        work(handle).await
+    })
+}
+
+fn kernel_apply(c: &RouteChange) -> Result<()> {
+    with_netlink("default-route", |handle| async move {
         let indices: Vec<u32> = c.ifnames.iter().map(|n| index(n)).collect::<Result<_>>()?;
         for &v4 in &c.families {
             remove_defaults(&handle, v4, &indices).await?;
