@@ -78,7 +78,7 @@ async fn read_body(st: &AppState, method: &Method, body: Body) -> Result<CniRequ
     }
     let bytes = match tokio::time::timeout(
         st.cfg.request_read_timeout,
-        axum::body::to_bytes(body, st.cfg.max_body_bytes),
+        read_limited(body, st.cfg.max_body_bytes),
     )
     .await
     {
@@ -88,15 +88,21 @@ async fn read_body(st: &AppState, method: &Method, body: Body) -> Result<CniRequ
                 &CniError::io("request body not received in time"),
             ))
         }
-        Ok(Err(e)) => {
+        Ok(Err(Some(seen))) => {
             // Code 7, not 11: the same request would be refused again.
             return Err(cni_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &CniError::invalid_config(format!(
-                    "the request is larger than the daemon accepts (plexus.maxRequestBytes = {} bytes): {e}",
+                    "the request is larger than the daemon accepts (plexus.maxRequestBytes = {} bytes; {seen} bytes or more sent)",
                     st.cfg.max_body_bytes
                 )),
             ));
+        }
+        Ok(Err(None)) => {
+            return Err(cni_error(
+                StatusCode::BAD_REQUEST,
+                &CniError::io("the request body could not be read"),
+            ))
         }
         Ok(Ok(b)) => b,
     };
@@ -108,6 +114,31 @@ async fn read_body(st: &AppState, method: &Method, body: Body) -> Result<CniRequ
             )),
         )
     })
+}
+
+/// The body, at most `limit` bytes. A larger one is read to its end (up to 16 MiB) and
+/// dropped, `Err(Some(bytes seen))`: closed with the request unread, the socket would
+/// reset, and the client might never read the answer that says why. `Err(None)`: the
+/// body broke off.
+async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, Option<usize>> {
+    use futures_util::StreamExt;
+    const DRAIN_MAX: usize = 16 << 20;
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| None)?;
+        seen += chunk.len();
+        if seen <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if seen > DRAIN_MAX {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(Some(seen));
+    }
+    Ok(buf)
 }
 
 fn decode_config(st: &AppState, req: &CniRequest) -> Result<Vec<u8>, Response> {
