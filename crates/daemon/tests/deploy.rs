@@ -97,6 +97,15 @@ fn daemonset_installs_the_shim_atomically_and_is_guaranteed() {
     let ds: DaemonSet = one("daemonset.yaml", "DaemonSet");
     let pod = ds.spec.unwrap().template.spec.unwrap();
     let init = &pod.init_containers.unwrap()[0];
+    // The installer needs no privilege: it copies a file into a root-owned directory.
+    let sc = init.security_context.as_ref().unwrap();
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_string()][..])
+    );
     let script = init.command.as_ref().unwrap().join(" ");
     assert!(
         script.contains("cp ") && script.contains("mv -f") && script.contains(".plexus-shim.new"),
@@ -166,4 +175,33 @@ fn daemonset_installs_the_shim_atomically_and_is_guaranteed() {
     ] {
         assert!(mounts.contains(&needed), "{needed} mounted");
     }
+}
+
+#[test]
+fn the_shim_installer_works_without_any_capability() {
+    // The init container's own script, run as root with every capability dropped (as its
+    // securityContext has it), against a root-owned directory standing for the host's.
+    let ds: DaemonSet = one("daemonset.yaml", "DaemonSet");
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let init = &pod.init_containers.unwrap()[0];
+    let cmd = init.command.as_ref().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("plexus-shim-image");
+    std::fs::write(&src, b"shim").unwrap();
+    let host = d.path().join("host-bin");
+    std::fs::create_dir(&host).unwrap();
+    let script = cmd[2]
+        .replace("/usr/local/bin/plexus-shim", src.to_str().unwrap())
+        .replace("/host/opt/cni/bin", host.to_str().unwrap());
+    let out = std::process::Command::new("setpriv")
+        .args(["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"])
+        .args([&cmd[0], &cmd[1], &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(host.join("plexus-shim")).unwrap(), b"shim");
 }
