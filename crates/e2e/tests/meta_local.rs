@@ -846,3 +846,43 @@ fn check_sees_what_a_pre_040_network_lost() {
     assert_eq!(links(ctr), ["lo"]);
     assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
 }
+
+#[test]
+fn runtime_generated_names_are_accepted_in_local_mode() {
+    // podman passes its container name as K8S_POD_NAMESPACE and K8S_POD_NAME.
+    let n = node(1);
+    std_nads(&n);
+    let name = "eloquent_rosalind";
+    let att = n.attachment(
+        0,
+        &unique("cid"),
+        name,
+        name,
+        &[("PLEXUS_NETWORKS", "demo/br")],
+    );
+    n.add(&att).unwrap();
+    let status = n
+        .world
+        .subdir("status")
+        .join("eloquent%5Frosalind_eloquent%5Frosalind.json");
+    let st: serde_json::Value = serde_json::from_slice(&std::fs::read(&status).unwrap()).unwrap();
+    assert_eq!(st[1]["name"], "demo/br");
+    n.del(&att).unwrap();
+    assert!(!status.exists());
+    assert_eq!(links(n.world.ctr(0)), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    // A name no file can hold is refused before anything is attached.
+    let long = "x".repeat(300);
+    let att = n.attachment(
+        0,
+        &unique("cid"),
+        "demo",
+        &long,
+        &[("PLEXUS_NETWORKS", "br")],
+    );
+    let e = n.add(&att).unwrap_err();
+    assert_eq!(e.code, 4, "{e}");
+    assert!(e.msg.contains("K8S_POD_NAME"), "{e}");
+    assert_eq!(links(n.world.ctr(0)), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}

@@ -1,7 +1,7 @@
 //! Local mode, for hosts without Kubernetes: NADs read from a directory of YAML or JSON
 //! manifests, the pod's namespace, name and selection taken from `CNI_ARGS`
 //! (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`, `PLEXUS_NETWORKS`, `PLEXUS_DEFAULT_NETWORK`),
-//! network-status written to `<statusDir>/<namespace>_<pod>.json`.
+//! network-status written to `<statusDir>/<namespace>_<pod>.json` (see [`file_key`]).
 
 use crate::cluster::{Cluster, EventType, PodInfo};
 use crate::config::LocalConf;
@@ -9,7 +9,7 @@ use plexus_cni::args::CniArgs;
 use plexus_cni::{fsutil, CniError, Result};
 use plexus_npwg::nad::Nad;
 use plexus_npwg::status::NetworkStatus;
-use plexus_npwg::{names, DEFAULT_NETWORK_ANNOTATION, NETWORKS_ANNOTATION};
+use plexus_npwg::{DEFAULT_NETWORK_ANNOTATION, NETWORKS_ANNOTATION};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,17 +51,34 @@ impl LocalCluster {
         LocalCluster { conf, pod }
     }
 
+    /// `<statusDir>/<namespace>_<name>.json`, each part as [`file_key`] writes it: the
+    /// names runtimes generate (podman's `eloquent_rosalind`) are accepted too.
     fn status_path(&self, namespace: &str, name: &str) -> Result<PathBuf> {
-        if !names::is_dns1123_label(namespace) || !names::is_dns1123_subdomain(name) {
+        let (ns, n) = (file_key(namespace), file_key(name));
+        if ns.is_empty() || n.is_empty() || ns.len() + n.len() > 240 {
             return Err(CniError::invalid_env(format!(
-                "pod \"{namespace}/{name}\" has an invalid namespace or name"
+                "CNI_ARGS K8S_POD_NAMESPACE {namespace:?} and K8S_POD_NAME {name:?}: a namespace and a name are needed, together at most 240 bytes once encoded"
             )));
         }
-        Ok(self
-            .conf
-            .status_dir
-            .join(format!("{namespace}_{name}.json")))
+        Ok(self.conf.status_dir.join(format!("{ns}_{n}.json")))
     }
+}
+
+/// `s` as one file-name component: `[a-z0-9.-]` (a Kubernetes name's characters) kept,
+/// anything else (and a leading `.`) as `%XX`, so no two names share a file and none
+/// leaves the directory. Kubernetes names are unchanged.
+pub fn file_key(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, b) in s.bytes().enumerate() {
+        let keep =
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (b == b'.' && i > 0);
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Every NAD object in the manifests of `dir` (`.yaml`, `.yml`, `.json`; several YAML
@@ -124,6 +141,8 @@ fn expand_list(doc: Value) -> Vec<Value> {
 
 impl Cluster for LocalCluster {
     fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<PodInfo>> {
+        // Where its status will go is settled before anything is attached.
+        self.status_path(namespace, name)?;
         Ok(self
             .pod
             .clone()
@@ -209,6 +228,16 @@ mod tests {
         assert!(d.path().join("s/demo_p1.json").exists());
         c.pod_torn_down("demo", "p1");
         assert!(!d.path().join("s/demo_p1.json").exists());
-        assert!(c.status_path("../x", "p").is_err());
+        // Runtime-generated names are accepted, each name its own file, none outside.
+        let p = c.status_path("eloquent_rosalind", "Web.1").unwrap();
+        assert_eq!(p, d.path().join("s/eloquent%5Frosalind_%57eb.1.json"));
+        assert_ne!(
+            c.status_path("a_b", "c").unwrap(),
+            c.status_path("a", "b_c").unwrap()
+        );
+        let p = c.status_path("../x", "p").unwrap();
+        assert_eq!(p.parent(), Some(d.path().join("s").as_path()));
+        assert_eq!(c.status_path("", "p").unwrap_err().code, 4);
+        assert!(c.get_pod("demo", &"x".repeat(300)).is_err());
     }
 }
