@@ -66,10 +66,14 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener> {
 pub async fn serve(state: Arc<AppState>, listener: UnixListener, stop: Arc<Notify>) -> Result<()> {
     let cfg = state.cfg.clone();
     let conns = Arc::new(Semaphore::new(cfg.connection_limit));
+    // Connections that have sent nothing yet wait outside the serving slots, so idle
+    // ones (at most this many, each for at most requestReadTimeoutMs) never keep a
+    // request that is ready from being served.
+    let waiting = Arc::new(Semaphore::new(cfg.connection_limit.saturating_mul(4)));
     let app = server::router(state.clone());
     loop {
-        let permit = tokio::select! {
-            p = conns.clone().acquire_owned() => p?,
+        let idle = tokio::select! {
+            p = waiting.clone().acquire_owned() => p?,
             _ = stop.notified() => break,
         };
         let (stream, _) = tokio::select! {
@@ -85,7 +89,19 @@ pub async fn serve(state: Arc<AppState>, listener: UnixListener, stop: Arc<Notif
         }
         let svc = TowerToHyperService::new(app.clone());
         let read_timeout = cfg.request_read_timeout;
+        let conns = conns.clone();
         tokio::spawn(async move {
+            if tokio::time::timeout(read_timeout, first_bytes(&stream))
+                .await
+                .is_err()
+            {
+                tracing::debug!("connection sent nothing in time, closed");
+                return;
+            }
+            let Ok(permit) = conns.acquire_owned().await else {
+                return;
+            };
+            drop(idle);
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(read_timeout)
@@ -106,6 +122,31 @@ pub async fn serve(state: Arc<AppState>, listener: UnixListener, stop: Arc<Notif
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+/// Waits until the peer has sent something (or closed): a readiness wake-up alone can be
+/// spurious, so the socket is peeked at.
+async fn first_bytes(stream: &tokio::net::UnixStream) {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+            let mut b = [0u8; 1];
+            recv(
+                stream.as_raw_fd(),
+                &mut b,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(std::io::Error::from)
+        });
+        match peeked {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            _ => return,
+        }
+    }
 }
 
 /// Root, or a uid of `socketAllowedUids`.

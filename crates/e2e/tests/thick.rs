@@ -567,6 +567,42 @@ fn an_oversized_request_gets_a_readable_error_that_is_not_try_again() {
     d.stop();
 }
 
+#[test]
+fn idle_connections_do_not_hold_back_requests() {
+    use std::io::Read;
+    let (n, _api) = kube_node();
+    let d = Daemon::start(
+        &n,
+        json!({"connectionLimit": 4, "plexus": {"requestReadTimeoutMs": 3000}}),
+    );
+    // As many idle connections as the daemon serves at once: they send nothing.
+    let idle: Vec<_> = (0..4)
+        .map(|_| std::os::unix::net::UnixStream::connect(d.socket()).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let r = d
+        .raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // Every idle connection is still open: the answer did not wait for one to be cut.
+    for s in &idle {
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        match (&*s).read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("an idle connection was closed first: {other:?}"),
+        }
+    }
+    // And they are cut in the end.
+    for s in &idle {
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        assert!((&*s).read_to_end(&mut buf).is_ok());
+    }
+    d.stop();
+}
+
 /// Runs plexus-shim as uid 65534 (nobody) with `env` and `stdin`; (exit code, stdout).
 fn shim_as_nobody(n: &Node, env: &[(&str, &str)], stdin: &str) -> (i32, Value) {
     use std::io::Write;
