@@ -64,6 +64,16 @@ impl KubeCluster {
     }
 }
 
+impl KubeCluster {
+    /// The pod's resourceVersion as read when planning: it makes the first status write
+    /// conditional without a second read.
+    fn seen_version(&self, pod: &PodInfo) -> Option<String> {
+        lock(&self.seen)
+            .get(&(pod.namespace.clone(), pod.name.clone()))
+            .cloned()
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -114,12 +124,8 @@ impl Cluster for KubeCluster {
     }
 
     fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {
-        // The version read when planning makes the first write conditional without a
-        // second read.
-        let rv = lock(&self.seen)
-            .get(&(pod.namespace.clone(), pod.name.clone()))
-            .cloned();
-        self.rt.block_on(self.api.write_status(pod, status, rv))
+        self.rt
+            .block_on(self.api.write_status(pod, status, self.seen_version(pod)))
     }
 
     fn interface_added(&self, pod: &PodInfo, message: &str) {
@@ -133,12 +139,7 @@ impl Cluster for KubeCluster {
             self.api
                 .post_event(p, EventType::Normal, "AddedInterface", msg)
         }));
-        let write = async {
-            let rv = lock(&self.seen)
-                .get(&(pod.namespace.clone(), pod.name.clone()))
-                .cloned();
-            self.api.write_status(pod, status, rv).await
-        };
+        let write = self.api.write_status(pod, status, self.seen_version(pod));
         let (written, _) = self.rt.block_on(futures_util::future::join(write, posts));
         written
     }
