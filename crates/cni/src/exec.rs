@@ -1,5 +1,6 @@
 //! Running plugin binaries: lookup on `CNI_PATH`, a clean explicit environment,
-//! stdin/stdout/stderr handling and a timeout that kills the whole process group.
+//! stdin/stdout/stderr handling, a timeout that kills the whole process group, and a
+//! child that dies with its parent.
 
 use crate::error::{code, CniError, Result};
 use nix::errno::Errno;
@@ -266,7 +267,11 @@ struct Started {
 impl Started {
     fn spawn(binary: &Path, args: &[String], env: &[(String, String)]) -> Result<Started> {
         let shown = binary.display().to_string();
-        let mut child = Command::new(binary)
+        let mut cmd = Command::new(binary);
+        // Killed with its parent: a delegate never goes on attaching for a plugin or
+        // daemon that is gone (the pid is then reaped by init, not left running).
+        plexus_netns::child::die_with_parent(&mut cmd);
+        let mut child = cmd
             .args(args)
             .env_clear()
             .envs(env.iter().map(|(k, v)| (k, v)))

@@ -228,6 +228,53 @@ pub fn recorded_calls(dir: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Waits up to `max` for the recording test plugin's first `command` call in `dir`.
+pub fn wait_for_call(dir: &Path, command: &str, max: std::time::Duration) -> Value {
+    let deadline = std::time::Instant::now() + max;
+    loop {
+        if let Some(c) = recorded_calls(dir)
+            .into_iter()
+            .find(|c| c["env"]["CNI_COMMAND"] == command)
+        {
+            return c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the test plugin got no {command} within {max:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// True while `pid` is a process that is not a zombie.
+pub fn running(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().to_string()))
+        .is_some_and(|r| !r.starts_with('Z'))
+}
+
+/// Waits up to `max` for `pid` to be gone; true when it is.
+pub fn gone_within(pid: u64, max: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + max;
+    while running(pid) {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
+/// Sends SIGKILL to `pid` (with the `kill` command: this crate holds no unsafe code).
+pub fn kill_9(pid: u64) {
+    let st = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(st.success(), "kill -9 {pid} failed");
+}
+
 /// The directory holding the test plugin binary and the reference plugins, for `CNI_PATH`.
 pub fn plugin_paths(test_plugin: &str) -> Vec<PathBuf> {
     let own = Path::new(test_plugin)

@@ -886,3 +886,39 @@ fn runtime_generated_names_are_accepted_in_local_mode() {
     assert_eq!(links(n.world.ctr(0)), ["lo"]);
     assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
 }
+
+#[test]
+fn a_delegate_dies_with_the_plugin_that_started_it() {
+    let mut n = node(1);
+    n.conf["binDir"] = json!(plexus_bin().parent().unwrap());
+    let rec = n.world.subdir("rec");
+    n.nad(
+        "demo",
+        "stuck",
+        json!({"cniVersion": "1.0.0", "type": "plexus-test-plugin", "recordDir": rec, "hangOn": "ADD"}),
+    );
+    let att = n.attachment(
+        0,
+        &unique("cid"),
+        "demo",
+        "p",
+        &[("PLEXUS_NETWORKS", "stuck")],
+    );
+    let (call, add) = std::thread::scope(|s| {
+        let adding = s.spawn(|| n.add(&att));
+        let call = wait_for_call(&rec, "ADD", std::time::Duration::from_secs(20));
+        // The hanging delegate's parent is the plexus process the runtime started.
+        kill_9(call["ppid"].as_u64().unwrap());
+        (call, adding.join().unwrap())
+    });
+    assert!(add.is_err(), "the killed plugin answered: {add:?}");
+    let pid = call["pid"].as_u64().unwrap();
+    assert!(
+        gone_within(pid, std::time::Duration::from_secs(5)),
+        "delegate {pid} outlived the plugin that started it"
+    );
+    // What the killed ADD attached (eth0) goes with the runtime's DEL, as always.
+    n.del(&att).unwrap();
+    assert_eq!(links(n.world.ctr(0)), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}

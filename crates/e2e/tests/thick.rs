@@ -877,3 +877,44 @@ fn benchmark_harness_smoke_run() {
         assert!(stdout.contains(mode), "{mode} missing:\n{stdout}");
     }
 }
+
+#[test]
+fn a_delegate_dies_with_the_daemon_that_started_it() {
+    let (mut n, api) = kube_node();
+    n.conf["binDir"] = json!(plexus_bin().parent().unwrap());
+    let rec = n.world.subdir("rec");
+    api.put(
+        Resource::Nads,
+        nad_object(
+            "demo",
+            "stuck",
+            &json!({"cniVersion": "1.0.0", "type": "plexus-test-plugin", "recordDir": rec, "hangOn": "ADD"}),
+        ),
+    );
+    api.put(Resource::Pods, pod_object("demo", "p", "u1", Some("stuck")));
+    let d = Daemon::start(&n, json!({}));
+    let thin = thick(&mut n);
+    let att = n.attachment(0, &unique("cid"), "demo", "p", &[]);
+    let (call, add) = std::thread::scope(|s| {
+        let adding = s.spawn(|| n.add(&att));
+        let call = wait_for_call(&rec, "ADD", Duration::from_secs(20));
+        assert_eq!(call["ppid"].as_u64(), Some(u64::from(d.pid())));
+        kill_9(u64::from(d.pid()));
+        (call, adding.join().unwrap())
+    });
+    assert!(add.is_err(), "the killed daemon answered: {add:?}");
+    let pid = call["pid"].as_u64().unwrap();
+    assert!(
+        gone_within(pid, Duration::from_secs(5)),
+        "delegate {pid} outlived the daemon that started it"
+    );
+    drop(d);
+    // The next daemon cleans up what the killed ADD attached.
+    n.conf = thin;
+    let d = Daemon::start(&n, json!({}));
+    thick(&mut n);
+    n.del(&att).unwrap();
+    assert_eq!(links(n.world.ctr(0)), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    d.stop();
+}

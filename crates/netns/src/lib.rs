@@ -5,6 +5,8 @@
 //! so no async worker or shared thread is ever left in the wrong one, whatever the
 //! work does (returns early, fails or panics).
 
+pub mod child;
+
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::statfs::{fstatfs, NSFS_MAGIC, PROC_SUPER_MAGIC};
 use std::fs::File;

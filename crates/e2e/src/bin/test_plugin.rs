@@ -1,9 +1,10 @@
 //! A fake delegate for tests. It records every call (command, CNI_* variables, the
-//! configuration it got) as one JSON line in `recordDir/calls.jsonl`, and behaves as
+//! configuration it got, its pid and its parent's) as one JSON line in `recordDir/calls.jsonl`, and behaves as
 //! its configuration's `behavior` says: `ok` (default), `error` (prints a CNI error
 //! with `errorCode`), `garbage` (prints non-JSON and exits 0), `crash` (prints garbage,
 //! writes to stderr, exits 3), `hang` (sleeps), `silent` (ADD prints nothing).
-//! STATUS fails with `statusCode` when set. It uses the plugin skeleton of plexus-cni.
+//! `failOn`/`hangOn` apply `error`/`hang` to one command only. STATUS fails with
+//! `statusCode` when set. It uses the plugin skeleton of plexus-cni.
 
 use plexus_cni::plugin::{dispatch, Plugin, Request};
 use plexus_cni::result::CniResult;
@@ -18,7 +19,9 @@ fn record(config: &Value, env: &HashMap<String, String>) {
     let Some(dir) = config.get("recordDir").and_then(Value::as_str) else {
         return;
     };
-    let line = json!({"env": env, "config": config});
+    // The pids let a test kill the plugin's parent and see what becomes of the plugin.
+    let line = json!({"env": env, "config": config, "pid": std::process::id(),
+                      "ppid": std::os::unix::process::parent_id()});
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -111,6 +114,10 @@ fn main() {
     // `failOn`: fail only this command (e.g. a DEL that cannot complete).
     if config.get("failOn").and_then(Value::as_str) == Some(command) {
         behavior = "error";
+    }
+    // `hangOn`: hang only on this command (an ADD stuck while DEL still works).
+    if config.get("hangOn").and_then(Value::as_str) == Some(command) {
+        behavior = "hang";
     }
     let mut out = std::io::stdout();
     match behavior {
