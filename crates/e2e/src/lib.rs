@@ -56,6 +56,18 @@ pub fn links(ns: &str) -> Vec<String> {
         .collect()
 }
 
+/// Names and kinds (`veth`, `bridge`, `macvlan`...; empty for none) of the links in `ns`.
+pub fn link_kinds(ns: &str) -> Vec<(String, String)> {
+    ip_json(ns, &["-d", "link", "show"])
+        .iter()
+        .filter_map(|l| {
+            let name = l["ifname"].as_str()?.to_string();
+            let kind = l["linkinfo"]["info_kind"].as_str().unwrap_or_default();
+            Some((name, kind.to_string()))
+        })
+        .collect()
+}
+
 /// One link's `ip -j addr show` object, if it exists.
 pub fn link(ns: &str, name: &str) -> Option<Value> {
     ip_json(ns, &["addr", "show"])

@@ -261,6 +261,12 @@ impl Daemon {
     /// Starts plexusd with the node's engine keys plus `extra` daemon keys (a key whose
     /// value is null is removed), and waits until ready.
     pub fn start(node: &Node, extra: Value) -> Daemon {
+        Daemon::run(&node.world, &Daemon::config(node, extra))
+    }
+
+    /// The daemon configuration [`start`](Self::start) uses: the node's engine keys
+    /// plus `extra` daemon keys (a key whose value is null is removed).
+    pub fn config(node: &Node, extra: Value) -> Value {
         let socket_dir = node.world.subdir("run");
         let mut cfg = node.conf.clone();
         let obj = cfg.as_object_mut().expect("config object");
@@ -285,14 +291,20 @@ impl Daemon {
                 }
             }
         }
-        let dir = node.world.subdir("daemon");
+        cfg
+    }
+
+    /// Starts plexusd in `world`'s host namespace with configuration `cfg` (as written
+    /// by [`start`](Self::start): restarting a killed daemon), and waits until ready.
+    pub fn run(world: &World, cfg: &Value) -> Daemon {
+        let socket_dir = world.subdir("run");
+        let dir = world.subdir("daemon");
         let config_path = dir.join("daemon-config.json");
         std::fs::write(&config_path, cfg.to_string()).expect("daemon config");
         let log = dir.join("plexusd.log");
         let bin = plexus_bin().with_file_name("plexusd");
         let stderr = std::fs::File::create(&log).expect("log file");
-        let child = node
-            .world
+        let child = world
             .host
             .run(|| {
                 std::process::Command::new(&bin)

@@ -48,35 +48,32 @@ impl TestApiServer {
     pub fn start_on(listener: std::net::TcpListener) -> TestApiServer {
         let store = Arc::new(store::Store::default());
         let addr = listener.local_addr().expect("local address");
-        listener
-            .set_nonblocking(true)
-            .expect("non-blocking listener");
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let s = store.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                let app = http::router(s);
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    })
-                    .await;
-            });
-            // Open watch streams end with the runtime.
-            rt.shutdown_timeout(std::time::Duration::from_millis(100));
-        });
+        let (shutdown, thread) = serve(listener, store.clone());
         TestApiServer {
             addr,
             store,
-            shutdown: Some(tx),
+            shutdown: Some(shutdown),
             thread: Some(thread),
         }
+    }
+
+    /// Serves again after [`stop`](Self::stop), with the same objects, on `listener`,
+    /// which must be bound to the same address (an API server back after an outage).
+    pub fn serve_again(&mut self, listener: std::net::TcpListener) {
+        self.stop();
+        let addr = listener.local_addr().expect("local address");
+        assert_eq!(
+            addr, self.addr,
+            "an API server comes back on its own address"
+        );
+        let (shutdown, thread) = serve(listener, self.store.clone());
+        self.shutdown = Some(shutdown);
+        self.thread = Some(thread);
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -160,6 +157,39 @@ impl TestApiServer {
     pub fn fail_when(&self, method: &str, needle: &str, n: usize, code: u16) {
         self.store.fail_next(n, code, Some(method), Some(needle));
     }
+}
+
+/// Serves `store` on `listener` from a thread of its own until told to stop.
+fn serve(
+    listener: std::net::TcpListener,
+    store: Arc<store::Store>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            let app = http::router(store);
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        // Open watch streams end with the runtime.
+        rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    });
+    (tx, thread)
 }
 
 impl Drop for TestApiServer {
