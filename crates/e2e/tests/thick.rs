@@ -883,6 +883,42 @@ fn benchmark_harness_smoke_run() {
 }
 
 #[test]
+fn fault_soak_short_run_leaves_nothing() {
+    // plexus-soak (docs/reliability.md) in a short form: pods through ADD and DEL in both
+    // modes, several at a time, with every fault at least once (API server down or
+    // failing, plugin and daemon killed mid-ADD, a delegate failing or hanging, the
+    // namespace gone before DEL). It fails on any DEL error other than a retryable one and
+    // on anything left behind; the soak's own report says which.
+    let soak = plexus_bin().with_file_name("plexus-soak");
+    let out = std::process::Command::new(&soak)
+        .args(["--cycles", "24", "--workers", "3", "--modes", "thin,thick"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "## thin: 24 cycles",
+        "## thick: 24 cycles",
+        "plugin or daemon killed mid-ADD",
+        "namespace gone before DEL",
+    ] {
+        assert!(stdout.contains(line), "{line} missing:\n{stdout}");
+    }
+    assert_eq!(
+        stdout
+            .matches("left behind: nothing (files, interfaces, reservations, processes)")
+            .count(),
+        2,
+        "{stdout}"
+    );
+}
+
+#[test]
 fn a_delegate_dies_with_the_daemon_that_started_it() {
     let (mut n, api) = kube_node();
     n.conf["binDir"] = json!(plexus_bin().parent().unwrap());

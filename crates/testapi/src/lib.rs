@@ -180,13 +180,15 @@ fn serve(
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
             let app = http::router(store);
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
+            // Not a graceful shutdown: an API server that goes away does not wait for
+            // its clients' open watches to end. The accept loop stops here...
+            tokio::select! {
+                _ = axum::serve(listener, app) => {}
+                _ = rx => {}
+            }
         });
-        // Open watch streams end with the runtime.
+        // ...and every open connection, watch streams included, is dropped with the
+        // runtime's tasks.
         rt.shutdown_timeout(std::time::Duration::from_millis(100));
     });
     (tx, thread)

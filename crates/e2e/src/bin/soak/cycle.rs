@@ -115,7 +115,8 @@ impl Soak {
     fn cycle(&self, rng: &mut fastrand::Rng, n: usize, f: Fault) {
         let started = Instant::now();
         let pod = format!("soak-{n}");
-        let cid = format!("soak{n}x{}", rng.u32(..));
+        // The process id keeps two soaks on one machine apart (the leftover check).
+        let cid = format!("soak{}n{n}x{}", std::process::id(), rng.u32(..));
         let nets = Self::networks(rng, f);
         lock(&self.api).put(
             Resource::Pods,

@@ -150,7 +150,7 @@ fn leftovers(soak: &Soak) {
             found.push(format!("interface left on the node: {name} ({kind})"));
         }
     }
-    for pid in processes_with("CNI_CONTAINERID=soak*") {
+    for pid in processes_with(&format!("CNI_CONTAINERID=soak{}n*", std::process::id())) {
         found.push(format!("process left: {pid}"));
     }
     let mut t = soak.tally.lock().unwrap_or_else(|e| e.into_inner());
