@@ -205,3 +205,250 @@ fn the_shim_installer_works_without_any_capability() {
     );
     assert_eq!(std::fs::read(host.join("plexus-shim")).unwrap(), b"shim");
 }
+
+/// The node-bound status policy, evaluated with a CEL interpreter as the API server
+/// evaluates a ValidatingAdmissionPolicy: match conditions, then the variables in order,
+/// then every validation; the messages of those that fail (none: allowed).
+struct Policy {
+    matches: Vec<cel::Program>,
+    variables: Vec<(String, cel::Program)>,
+    /// Each validation with its messageExpression (CEL) or its plain message.
+    validations: Vec<(cel::Program, Result<cel::Program, String>)>,
+}
+
+impl Policy {
+    fn load() -> Policy {
+        use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
+        let p: ValidatingAdmissionPolicy =
+            one("node-bound-status.yaml", "ValidatingAdmissionPolicy");
+        let spec = p.spec.unwrap();
+        let compile = |e: &str| cel::Program::compile(e).unwrap_or_else(|err| panic!("{e}: {err}"));
+        Policy {
+            matches: spec
+                .match_conditions
+                .unwrap()
+                .iter()
+                .map(|m| compile(&m.expression))
+                .collect(),
+            variables: spec
+                .variables
+                .unwrap()
+                .iter()
+                .map(|v| (v.name.clone(), compile(&v.expression)))
+                .collect(),
+            validations: spec
+                .validations
+                .unwrap()
+                .iter()
+                .map(|v| {
+                    let msg = match &v.message_expression {
+                        Some(e) => Ok(compile(e)),
+                        None => Err(v.message.clone().unwrap()),
+                    };
+                    (compile(&v.expression), msg)
+                })
+                .collect(),
+        }
+    }
+
+    /// None when the request is not matched, else the messages of the failed validations.
+    fn admit(
+        &self,
+        user: &str,
+        node: Option<&str>,
+        old: &Value,
+        new: &Value,
+    ) -> Option<Vec<String>> {
+        let mut extra = serde_json::Map::new();
+        if let Some(n) = node {
+            extra.insert(
+                "authentication.kubernetes.io/node-name".into(),
+                serde_json::json!([n]),
+            );
+        }
+        let request = serde_json::json!({"operation": "UPDATE", "subResource": "status",
+            "userInfo": {"username": user, "extra": extra}});
+        let mut ctx = cel::Context::default();
+        ctx.add_variable("request", &request).unwrap();
+        ctx.add_variable("object", new).unwrap();
+        ctx.add_variable("oldObject", old).unwrap();
+        let truth = |ctx: &cel::Context, p: &cel::Program| match p.execute(ctx) {
+            Ok(cel::Value::Bool(b)) => b,
+            other => panic!("not a bool: {other:?}"),
+        };
+        if !self.matches.iter().all(|m| truth(&ctx, m)) {
+            return None;
+        }
+        let mut vars: std::collections::HashMap<String, cel::Value> = Default::default();
+        for (name, p) in &self.variables {
+            let mut c = cel::Context::default();
+            c.add_variable("request", &request).unwrap();
+            c.add_variable("object", new).unwrap();
+            c.add_variable("oldObject", old).unwrap();
+            c.add_variable_from_value("variables", vars.clone());
+            let v = p
+                .execute(&c)
+                .unwrap_or_else(|e| panic!("variable {name}: {e}"));
+            vars.insert(name.clone(), v);
+        }
+        ctx.add_variable_from_value("variables", vars);
+        let mut failed = Vec::new();
+        for (p, msg) in &self.validations {
+            if !truth(&ctx, p) {
+                failed.push(match msg {
+                    Ok(m) => match m.execute(&ctx) {
+                        Ok(cel::Value::String(s)) => s.to_string(),
+                        other => panic!("messageExpression: {other:?}"),
+                    },
+                    Err(plain) => plain.clone(),
+                });
+            }
+        }
+        Some(failed)
+    }
+}
+
+fn pod(node: &str, annotations: Value, labels: Value, phase: &str) -> Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "demo", "annotations": annotations, "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]},
+        "status": {"phase": phase}})
+}
+
+#[test]
+fn node_bound_status_policy_lets_plexusd_write_network_status_on_its_own_node_only() {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
+    let binding: ValidatingAdmissionPolicyBinding =
+        one("node-bound-status.yaml", "ValidatingAdmissionPolicyBinding");
+    let bspec = binding.spec.unwrap();
+    assert_eq!(
+        bspec.policy_name.as_deref(),
+        Some("plexus-node-bound-status")
+    );
+    assert_eq!(bspec.validation_actions.unwrap(), ["Deny"]);
+    // The user the policy matches is the daemon's service account of rbac.yaml.
+    let sa: ServiceAccount = one("rbac.yaml", "ServiceAccount");
+    let user = format!(
+        "system:serviceaccount:{}:{}",
+        sa.metadata.namespace.unwrap(),
+        sa.metadata.name.unwrap()
+    );
+    let policy = Policy::load();
+    const NS: &str = "k8s.v1.cni.cncf.io/network-status";
+    let old = pod(
+        "n1",
+        serde_json::json!({"keep": "x"}),
+        serde_json::json!({"app": "a"}),
+        "Pending",
+    );
+    let written = pod(
+        "n1",
+        serde_json::json!({"keep": "x", NS: "[]"}),
+        serde_json::json!({"app": "a"}),
+        "Pending",
+    );
+
+    // The status write of plexusd on the pod's node.
+    assert_eq!(
+        policy.admit(&user, Some("n1"), &old, &written),
+        Some(vec![])
+    );
+    // Replacing and removing the annotation are writes of it too.
+    let replaced = pod(
+        "n1",
+        serde_json::json!({"keep": "x", NS: "[{}]"}),
+        serde_json::json!({"app": "a"}),
+        "Pending",
+    );
+    assert_eq!(
+        policy.admit(&user, Some("n1"), &written, &replaced),
+        Some(vec![])
+    );
+    assert_eq!(
+        policy.admit(&user, Some("n1"), &written, &old),
+        Some(vec![])
+    );
+    // A pod without annotations or labels at all.
+    let bare =
+        serde_json::json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1"}, "status": {}});
+    let mut bare_written = bare.clone();
+    bare_written["metadata"]["annotations"] = serde_json::json!({NS: "[]"});
+    assert_eq!(
+        policy.admit(&user, Some("n1"), &bare, &bare_written),
+        Some(vec![])
+    );
+
+    // Another node's pod, a token that names no node.
+    let refused = policy.admit(&user, Some("n2"), &old, &written).unwrap();
+    assert_eq!(
+        refused,
+        ["plexusd on node n2 may not write the status of pod p, which is not on its node"]
+    );
+    let refused = policy.admit(&user, None, &old, &written).unwrap();
+    assert!(refused[0].contains("names no node"), "{refused:?}");
+    // An unscheduled pod is on no node.
+    let mut unscheduled = old.clone();
+    unscheduled["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("nodeName");
+    assert_eq!(
+        policy
+            .admit(&user, Some("n1"), &unscheduled, &written)
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Anything but the network-status annotation.
+    for changed in [
+        pod(
+            "n1",
+            serde_json::json!({"keep": "y", NS: "[]"}),
+            serde_json::json!({"app": "a"}),
+            "Pending",
+        ),
+        pod(
+            "n1",
+            serde_json::json!({NS: "[]"}),
+            serde_json::json!({"app": "a"}),
+            "Pending",
+        ),
+        pod(
+            "n1",
+            serde_json::json!({"keep": "x", "new": "z"}),
+            serde_json::json!({"app": "a"}),
+            "Pending",
+        ),
+        pod(
+            "n1",
+            serde_json::json!({"keep": "x"}),
+            serde_json::json!({"app": "b"}),
+            "Pending",
+        ),
+        pod(
+            "n1",
+            serde_json::json!({"keep": "x"}),
+            serde_json::json!({}),
+            "Pending",
+        ),
+        pod(
+            "n1",
+            serde_json::json!({"keep": "x"}),
+            serde_json::json!({"app": "a"}),
+            "Running",
+        ),
+    ] {
+        let refused = policy.admit(&user, Some("n1"), &old, &changed).unwrap();
+        assert_eq!(refused.len(), 1, "{changed}: {refused:?}");
+        assert!(
+            refused[0].starts_with("plexusd may change only"),
+            "{refused:?}"
+        );
+    }
+
+    // Other users, the kubelet or another service account, are not matched.
+    for other in ["system:node:n1", "system:serviceaccount:kube-system:other"] {
+        assert_eq!(policy.admit(other, Some("n2"), &old, &replaced), None);
+    }
+}
