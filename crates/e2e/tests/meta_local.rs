@@ -317,9 +317,16 @@ fn del_after_a_state_file_cut_short_plans_again() {
 fn bad_annotations_and_missing_nads_leave_nothing() {
     let n = node(2);
     std_nads(&n);
+    // Local mode's messages name what the user set (CNI_ARGS), not the annotation.
     let cases = [
-        ("[{\"name\":\"br\"", "neither a comma-separated list"),
-        ("../x", "not a valid namespace name"),
+        (
+            "[{\"name\":\"br\"",
+            "CNI_ARGS PLEXUS_NETWORKS: is neither a comma-separated list",
+        ),
+        (
+            "../x",
+            "CNI_ARGS PLEXUS_NETWORKS: element 0 (\"../x\"): namespace \"..\" is not a valid namespace name",
+        ),
         ("br@abcdefghijklmnop", "longer than 15 bytes"),
         ("br@data0,mv@data0", "both request interface"),
         (
@@ -333,6 +340,7 @@ fn bad_annotations_and_missing_nads_leave_nothing() {
         let e = n.add(&att).unwrap_err();
         assert_eq!(e.code, 7, "{sel}: {e}");
         assert!(e.msg.contains(needle), "{sel}: {e}");
+        assert!(!e.msg.contains("k8s.v1.cni.cncf.io/networks"), "{sel}: {e}");
         assert_eq!(links(n.world.ctr(0)), ["lo"], "{sel}");
         assert!(n.leftovers().is_empty(), "{sel}: {:?}", n.leftovers());
     }
@@ -427,7 +435,8 @@ fn namespace_isolation_and_global_namespaces() {
         assert_eq!(e.code, 7, "{other}: {e}");
         assert!(
             e.msg.contains("namespace isolation enabled")
-                && e.msg.contains("v1.multus-cni.io/default-network"),
+                && e.msg
+                    .contains("CNI_ARGS PLEXUS_DEFAULT_NETWORK refers to target namespace"),
             "{other}: {e}"
         );
         assert_eq!(links(n.world.ctr(0)), ["lo"], "{other}");
@@ -920,5 +929,35 @@ fn a_delegate_dies_with_the_plugin_that_started_it() {
     // What the killed ADD attached (eth0) goes with the runtime's DEL, as always.
     n.del(&att).unwrap();
     assert_eq!(links(n.world.ctr(0)), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
+
+#[test]
+fn a_restart_without_its_selection_is_refused_when_local_require_selection_is_set() {
+    // A runtime that does not keep CNI_ARGS restarts a container without
+    // PLEXUS_NETWORKS: with local.requireSelection the ADD fails and says why, instead
+    // of giving the container its default network alone.
+    let mut n = node(1);
+    std_nads(&n);
+    n.conf["plexus"]["local"]["requireSelection"] = json!(true);
+    let cid = unique("cid");
+    let att = n.attachment(0, &cid, "demo", "p", &[("PLEXUS_NETWORKS", "br")]);
+    n.add(&att).unwrap();
+    assert_eq!(links(n.world.ctr(0)), ["lo", "eth0", "net1"]);
+    n.del(&att).unwrap();
+    let restarted = n.attachment(0, &cid, "demo", "p", &[]);
+    let e = n.add(&restarted).unwrap_err();
+    assert_eq!(e.code, 4, "{e}");
+    assert!(
+        e.msg.contains("neither PLEXUS_NETWORKS nor PLEXUS_DEFAULT_NETWORK"),
+        "{e}"
+    );
+    assert_eq!(links(n.world.ctr(0)), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    // PLEXUS_NETWORKS= asks for the default network alone.
+    let alone = n.attachment(0, &cid, "demo", "p", &[("PLEXUS_NETWORKS", "")]);
+    n.add(&alone).unwrap();
+    assert_eq!(links(n.world.ctr(0)), ["lo", "eth0"]);
+    n.del(&alone).unwrap();
     assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
 }

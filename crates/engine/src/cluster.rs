@@ -17,6 +17,18 @@ pub struct PodInfo {
     pub uid: String,
     /// Annotations.
     pub annotations: BTreeMap<String, String>,
+    /// Where its annotations came from, for the messages that name them.
+    pub origin: PodOrigin,
+}
+
+/// Where a pod's selection comes from: what an error names so the user finds what they set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PodOrigin {
+    /// A Kubernetes pod: its annotations.
+    #[default]
+    Api,
+    /// Local mode: the runtime's `CNI_ARGS` (`PLEXUS_NETWORKS`, `PLEXUS_DEFAULT_NETWORK`).
+    CniArgs,
 }
 
 impl PodInfo {
@@ -27,6 +39,20 @@ impl PodInfo {
                 .annotations
                 .get("kubernetes.io/config.source")
                 .is_some_and(|s| s != "api")
+    }
+
+    /// What the user set to give the pod `annotation`: the annotation itself, or in
+    /// local mode the `CNI_ARGS` key that stands for it.
+    pub fn source_of(&self, annotation: &str) -> String {
+        match (self.origin, annotation) {
+            (PodOrigin::CniArgs, plexus_npwg::NETWORKS_ANNOTATION) => {
+                format!("CNI_ARGS {}", crate::local::NETWORKS_ARG)
+            }
+            (PodOrigin::CniArgs, plexus_npwg::DEFAULT_NETWORK_ANNOTATION) => {
+                format!("CNI_ARGS {}", crate::local::DEFAULT_NETWORK_ARG)
+            }
+            _ => format!("annotation {annotation:?}"),
+        }
     }
 
     /// `namespace/name`.

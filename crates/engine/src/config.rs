@@ -31,6 +31,13 @@ pub struct LocalConf {
     pub nad_dir: PathBuf,
     /// Directory where `<namespace>_<pod>.json` network-status files are written.
     pub status_dir: PathBuf,
+    /// Refuse an ADD whose `CNI_ARGS` name a pod but carry neither `PLEXUS_NETWORKS`
+    /// nor `PLEXUS_DEFAULT_NETWORK`, instead of attaching the default network alone: a
+    /// container restarted by a runtime that did not keep its `CNI_ARGS` fails with a
+    /// message instead of silently losing its other networks (`PLEXUS_NETWORKS=` selects
+    /// none on purpose).
+    #[serde(default)]
+    pub require_selection: bool,
 }
 
 /// Plexus's own keys (`"plexus": {...}`).

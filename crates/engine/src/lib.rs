@@ -22,7 +22,7 @@ mod testing;
 #[cfg(test)]
 mod tests;
 
-pub use cluster::{Cluster, EventType, PodInfo};
+pub use cluster::{Cluster, EventType, PodInfo, PodOrigin};
 pub use config::NetConf;
 pub use engine::{Engine, Request};
 pub use inspect::valid_attachments;

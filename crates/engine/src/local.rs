@@ -3,7 +3,7 @@
 //! (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`, `PLEXUS_NETWORKS`, `PLEXUS_DEFAULT_NETWORK`),
 //! network-status written to `<statusDir>/<namespace>_<pod>.json` (see [`file_key`]).
 
-use crate::cluster::{Cluster, EventType, PodInfo};
+use crate::cluster::{Cluster, EventType, PodInfo, PodOrigin};
 use crate::config::LocalConf;
 use plexus_cni::args::CniArgs;
 use plexus_cni::{fsutil, CniError, Result};
@@ -24,6 +24,8 @@ pub const DEFAULT_NETWORK_ARG: &str = "PLEXUS_DEFAULT_NETWORK";
 pub struct LocalCluster {
     conf: LocalConf,
     pod: Option<PodInfo>,
+    /// The pod's `CNI_ARGS` carry no selection at all.
+    unselected: bool,
 }
 
 impl LocalCluster {
@@ -44,11 +46,18 @@ impl LocalCluster {
                     name: name.into(),
                     uid,
                     annotations,
+                    origin: PodOrigin::CniArgs,
                 })
             }
             _ => None,
         };
-        LocalCluster { conf, pod }
+        let unselected =
+            args.get(NETWORKS_ARG).is_none() && args.get(DEFAULT_NETWORK_ARG).is_none();
+        LocalCluster {
+            conf,
+            pod,
+            unselected,
+        }
     }
 
     /// `<statusDir>/<namespace>_<name>.json`, each part as [`file_key`] writes it: the
@@ -143,6 +152,11 @@ impl Cluster for LocalCluster {
     fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<PodInfo>> {
         // Where its status will go is settled before anything is attached.
         self.status_path(namespace, name)?;
+        if self.conf.require_selection && self.unselected {
+            return Err(CniError::invalid_env(format!(
+                "pod \"{namespace}/{name}\": CNI_ARGS has neither {NETWORKS_ARG} nor {DEFAULT_NETWORK_ARG}, and local.requireSelection is set: pass the container's networks again (a restart must carry them), or {NETWORKS_ARG}= to attach the default network alone"
+            )));
+        }
         Ok(self
             .pod
             .clone()
@@ -218,6 +232,7 @@ mod tests {
             LocalConf {
                 nad_dir: d.path().into(),
                 status_dir: d.path().join("s"),
+                require_selection: false,
             },
             &args,
         );
@@ -239,5 +254,44 @@ mod tests {
         assert_eq!(p.parent(), Some(d.path().join("s").as_path()));
         assert_eq!(c.status_path("", "p").unwrap_err().code, 4);
         assert!(c.get_pod("demo", &"x".repeat(300)).is_err());
+    }
+
+    #[test]
+    fn require_selection_refuses_an_add_that_names_no_networks() {
+        let d = tempfile::tempdir().unwrap();
+        let conf = |require_selection| LocalConf {
+            nad_dir: d.path().into(),
+            status_dir: d.path().join("s"),
+            require_selection,
+        };
+        let bare = CniArgs::parse("K8S_POD_NAMESPACE=demo;K8S_POD_NAME=p1").unwrap();
+        let e = LocalCluster::new(conf(true), &bare)
+            .get_pod("demo", "p1")
+            .unwrap_err();
+        assert_eq!(e.code, 4);
+        assert!(
+            e.msg.contains("demo/p1")
+                && e.msg.contains("requireSelection")
+                && e.msg.contains("PLEXUS_NETWORKS="),
+            "{}",
+            e.msg
+        );
+        // Off, the pod has the default network alone, as before.
+        assert!(LocalCluster::new(conf(false), &bare)
+            .get_pod("demo", "p1")
+            .unwrap()
+            .is_some());
+        // An empty selection, or a default network alone, is a selection.
+        for args in [
+            "K8S_POD_NAMESPACE=demo;K8S_POD_NAME=p1;PLEXUS_NETWORKS=",
+            "K8S_POD_NAMESPACE=demo;K8S_POD_NAME=p1;PLEXUS_DEFAULT_NETWORK=br",
+        ] {
+            let args = CniArgs::parse(args).unwrap();
+            let p = LocalCluster::new(conf(true), &args)
+                .get_pod("demo", "p1")
+                .unwrap()
+                .unwrap();
+            assert_eq!(p.origin, PodOrigin::CniArgs);
+        }
     }
 }

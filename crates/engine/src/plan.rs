@@ -54,10 +54,14 @@ pub struct PlanInput<'a> {
 }
 
 fn selection_error(e: selection::SelectionError, pod: Option<&PodInfo>) -> CniError {
-    let who = pod
-        .map(|p| format!("pod \"{}\": ", p.key()))
-        .unwrap_or_default();
-    CniError::invalid_config(format!("{who}{e}"))
+    CniError::invalid_config(match pod {
+        Some(p) => format!(
+            "pod \"{}\": {}",
+            p.key(),
+            e.describe(&p.source_of(&e.annotation))
+        ),
+        None => e.to_string(),
+    })
 }
 
 /// The networks of the pod, in order, with their selection elements.
@@ -132,7 +136,7 @@ fn selected_networks(
                 pod,
                 crate::cluster::EventType::Warning,
                 "InvalidNetworkSelection",
-                &e.to_string(),
+                &e.describe(&pod.source_of(&e.annotation)),
             );
         }
         selection_error(e, Some(pod))
@@ -165,9 +169,14 @@ fn check_isolation(
     let ns = &sel.network.namespace;
     if conf.namespace_isolation && ns != &pod.namespace && !conf.global_namespaces().contains(ns) {
         return Err(CniError::invalid_config(format!(
-            "pod \"{}\": namespace isolation enabled, annotation violates permission: pod is in namespace {} but {annotation} refers to target namespace {ns} (network \"{}\")",
+            "pod \"{}\": namespace isolation enabled, {} violates permission: pod is in namespace {} but {} refers to target namespace {ns} (network \"{}\")",
             pod.key(),
+            match pod.origin {
+                crate::cluster::PodOrigin::Api => "annotation",
+                crate::cluster::PodOrigin::CniArgs => "CNI_ARGS",
+            },
             pod.namespace,
+            pod.source_of(annotation),
             sel.network
         )));
     }

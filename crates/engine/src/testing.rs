@@ -2,7 +2,7 @@
 //! recording executor that answers as a plugin would, a cluster held in memory, and pod
 //! namespaces that only record what the engine asks of them.
 
-use crate::cluster::{Cluster, EventType, PodInfo};
+use crate::cluster::{Cluster, EventType, PodInfo, PodOrigin};
 use crate::config::NetConf;
 use crate::routes::RouteChange;
 use crate::sandbox::{Link, PendingInterfaces, Sandbox, Sandboxes};
@@ -202,6 +202,7 @@ impl FakeCluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            origin: PodOrigin::Api,
         };
         lock(&self.pods).insert((namespace.into(), name.into()), p);
     }

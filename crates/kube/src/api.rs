@@ -50,6 +50,7 @@ pub(crate) fn pod_info(p: &Pod, namespace: &str, name: &str) -> PodInfo {
         name: name.to_string(),
         uid: p.metadata.uid.clone().unwrap_or_default(),
         annotations: p.metadata.annotations.clone().unwrap_or_default(),
+        origin: plexus_engine::PodOrigin::Api,
     }
 }
 

@@ -17,7 +17,7 @@ pub const MAX_ELEMENTS: usize = 128;
 
 /// Why an annotation is invalid, with where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("annotation {annotation:?}{}: {msg}", where_.as_ref().map(|w| format!(": {w}")).unwrap_or_default())]
+#[error("{}", self.describe(&format!("annotation {:?}", self.annotation)))]
 pub struct SelectionError {
     /// The annotation's key.
     pub annotation: String,
@@ -25,6 +25,17 @@ pub struct SelectionError {
     pub where_: Option<String>,
     /// What is wrong.
     pub msg: String,
+}
+
+impl SelectionError {
+    /// The error with `source` naming what was set (the annotation, or what stands for
+    /// it where the selection does not come from a pod's annotations).
+    pub fn describe(&self, source: &str) -> String {
+        match &self.where_ {
+            Some(w) => format!("{source}: {w}: {}", self.msg),
+            None => format!("{source}: {}", self.msg),
+        }
+    }
 }
 
 /// One requested port mapping, validated (`runtimeConfig.portMappings` shape).
