@@ -138,7 +138,7 @@ impl ResultCache {
     /// Removes an entry; a missing one is success.
     pub fn remove(&self, network: &str, container_id: &str, ifname: &str) -> Result<()> {
         let path = self.path(network, container_id, ifname)?;
-        fsutil::remove_if_exists(&path)
+        fsutil::remove_with_orphans(&path)
             .map_err(|e| CniError::io(format!("cannot remove {}: {e}", path.display())))
     }
 

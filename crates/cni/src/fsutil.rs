@@ -135,9 +135,62 @@ pub fn remove_if_exists(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Removes a file written with [`write_atomic`] (or its siblings) for good, and the
+/// temporary files of writes to it that never finished: a process killed between
+/// writing its temporary file and renaming it leaves `.<name>.tmp.<pid>.<seq>`. Only
+/// temporaries whose writer is no longer running are removed, so a write under way in
+/// another live process keeps its file.
+pub fn remove_with_orphans(path: &Path) -> std::io::Result<()> {
+    remove_if_exists(path)?;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(());
+    };
+    let prefix = format!(".{}.tmp.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let writer = rest.split('.').next().and_then(|p| p.parse::<u32>().ok());
+        let orphan = writer.is_some_and(|pid| {
+            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        });
+        if orphan {
+            remove_if_exists(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removal_takes_the_temporaries_of_killed_writers_only() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c1.json");
+        write_atomic(&p, b"{}", 0o600, 0o700).unwrap();
+        // A writer killed before its rename (no such process), a live writer (this
+        // process's parent, which runs), and another file's temporary.
+        let dead = d.path().join(".c1.json.tmp.2147483646.0");
+        let live = d.path().join(format!(
+            ".c1.json.tmp.{}.3",
+            std::os::unix::process::parent_id()
+        ));
+        let other = d.path().join(".c2.json.tmp.2147483646.0");
+        for f in [&dead, &live, &other] {
+            std::fs::write(f, b"{").unwrap();
+        }
+        remove_with_orphans(&p).unwrap();
+        assert!(!p.exists() && !dead.exists());
+        assert!(live.exists() && other.exists());
+        // Nothing to remove is success.
+        remove_with_orphans(&p).unwrap();
+    }
     use std::os::unix::fs::MetadataExt;
 
     #[test]

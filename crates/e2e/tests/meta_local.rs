@@ -949,7 +949,8 @@ fn a_restart_without_its_selection_is_refused_when_local_require_selection_is_se
     let e = n.add(&restarted).unwrap_err();
     assert_eq!(e.code, 4, "{e}");
     assert!(
-        e.msg.contains("neither PLEXUS_NETWORKS nor PLEXUS_DEFAULT_NETWORK"),
+        e.msg
+            .contains("neither PLEXUS_NETWORKS nor PLEXUS_DEFAULT_NETWORK"),
         "{e}"
     );
     assert_eq!(links(n.world.ctr(0)), ["lo"]);

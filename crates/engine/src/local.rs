@@ -183,7 +183,7 @@ impl Cluster for LocalCluster {
 
     fn pod_torn_down(&self, namespace: &str, name: &str) {
         if let Ok(p) = self.status_path(namespace, name) {
-            let _ = fsutil::remove_if_exists(&p);
+            let _ = fsutil::remove_with_orphans(&p);
         }
     }
 }

@@ -144,7 +144,7 @@ impl StateStore {
     /// Removes a container's state.
     pub fn remove(&self, container_id: &str) -> Result<()> {
         let path = self.path(container_id)?;
-        fsutil::remove_if_exists(&path)
+        fsutil::remove_with_orphans(&path)
             .map_err(|e| CniError::io(format!("cannot remove state {}: {e}", path.display())))
     }
 

@@ -150,7 +150,7 @@ fn del_one(
         cache.remove(&list.name, &st.container_id, &a.ifname)?;
     }
     if let Some(f) = &a.device_info_file {
-        fsutil::remove_if_exists(f)
+        fsutil::remove_with_orphans(f)
             .map_err(|e| CniError::io(format!("removing {}: {e}", f.display())))?;
     }
     Ok(())

@@ -32,6 +32,10 @@ struct Args {
     /// Share of cycles with a fault of their own.
     #[arg(long, default_value_t = 0.3)]
     fault_rate: f64,
+    /// Share of the cycles during which the plugin or daemon may be killed; the
+    /// daemon's memory is sampled over the cycles after it (one daemon lifetime).
+    #[arg(long, default_value_t = 0.6)]
+    kill_share: f64,
     /// Random seed (printed; the same seed gives the same faults per worker).
     #[arg(long)]
     seed: Option<u64>,
@@ -41,8 +45,8 @@ fn main() {
     let args = Args::parse();
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
     println!(
-        "# plexus-soak\n\nseed {seed}, {} cycles per mode, {} workers, fault rate {}\n",
-        args.cycles, args.workers, args.fault_rate
+        "# plexus-soak\n\nseed {seed}, {} cycles per mode, {} workers, fault rate {}, kills in the first {:.0} % of the cycles\n",
+        args.cycles, args.workers, args.fault_rate, args.kill_share.clamp(0.0, 1.0) * 100.0
     );
     let mut clean = true;
     for mode in &args.modes {
@@ -118,7 +122,7 @@ fn run(args: &Args, seed: u64, thick: bool) -> bool {
         next: AtomicUsize::new(0),
         cycles: args.cycles,
         rate: args.fault_rate,
-        kills_until: args.cycles * 6 / 10,
+        kills_until: (args.cycles as f64 * args.kill_share.clamp(0.0, 1.0)) as usize,
         sample_every: (args.cycles / 25).max(1),
         tally: Mutex::new(Tally::default()),
     };
@@ -203,6 +207,12 @@ fn report(mode: &str, took: std::time::Duration, t: &Tally) {
             series.join(" ")
         );
         println!("{}", plateau(&life));
+    }
+    if t.half_made > 0 {
+        println!(
+            "\nkills that left a half-made link inside the pod (a macvlan under its temporary name, gone with the pod's namespace): {}",
+            t.half_made
+        );
     }
     println!(
         "\nleft behind: {}",
