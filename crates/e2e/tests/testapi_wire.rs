@@ -12,13 +12,24 @@ use kube::api::{
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use plexus_testapi::{Resource, TestApiServer};
+use plexus_testapi::{Credential, KeyKind, Resource, Security, TestApiServer};
 use serde_json::json;
 
 fn client(api: &TestApiServer, rt: &tokio::runtime::Runtime) -> Client {
+    client_as(api, rt, Credential::Token, |kc| kc)
+}
+
+/// A client from the server's kubeconfig for `credential`, edited by `edit` first.
+fn client_as(
+    api: &TestApiServer,
+    rt: &tokio::runtime::Runtime,
+    credential: Credential,
+    edit: impl FnOnce(String) -> String,
+) -> Client {
     let dir = tempfile::tempdir().unwrap();
     let kc = dir.path().join("kc");
-    api.write_kubeconfig(&kc);
+    api.write_kubeconfig_as(&kc, credential);
+    std::fs::write(&kc, edit(std::fs::read_to_string(&kc).unwrap())).unwrap();
     let cfg = rt
         .block_on(Config::from_custom_kubeconfig(
             Kubeconfig::read_from(&kc).unwrap(),
@@ -181,4 +192,86 @@ fn lists_field_selectors_nads_and_watch() {
         assert_eq!(seen, ["ADDED later-a", "DELETED on-a"], "only this node's pods, in order");
     });
     assert!(api.count("GET", "watch=true") >= 1);
+}
+
+#[test]
+fn tls_and_authentication_as_kube_apiserver() {
+    // The default server: HTTPS with an RSA 2048 certificate of its own CA; a bearer
+    // token or a client certificate of that CA authenticates, anything else is 401.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = TestApiServer::start();
+    assert!(api.url().starts_with("https://127.0.0.1:"));
+    assert!(api.ca_pem().unwrap().contains("BEGIN CERTIFICATE"));
+    api.put(
+        Resource::Pods,
+        json!({"metadata": {"name": "p", "namespace": "x"}, "spec": {"nodeName": "n"}}),
+    );
+    let get = |c: Client| {
+        let pods: Api<Pod> = Api::namespaced(c, "x");
+        rt.block_on(pods.get("p"))
+    };
+    assert!(get(client(&api, &rt)).is_ok());
+    assert!(get(client_as(&api, &rt, Credential::ClientCertificate, |k| k)).is_ok());
+    let token = api.token().to_string();
+    let wrong = client_as(&api, &rt, Credential::Token, |k| {
+        k.replace(&token, "not-a-token")
+    });
+    assert_eq!(
+        api_err(get(wrong).unwrap_err()),
+        (401, "Unauthorized".into())
+    );
+    let anonymous = client_as(&api, &rt, Credential::Token, |k| {
+        k.replace(&format!("token: {token}"), "{}")
+    });
+    assert_eq!(
+        api_err(get(anonymous).unwrap_err()),
+        (401, "Unauthorized".into())
+    );
+    // A client that does not trust the server's CA does not get through the handshake
+    // (the servers of one process share their keys, so the other CA is an ECDSA one).
+    let other = TestApiServer::start_with(
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        Security::Tls(KeyKind::EcdsaP256),
+    );
+    let ca_line = |api: &TestApiServer| {
+        let dir = tempfile::tempdir().unwrap();
+        api.write_kubeconfig(&dir.path().join("kc"));
+        let kc = std::fs::read_to_string(dir.path().join("kc")).unwrap();
+        kc.lines()
+            .find(|l| l.contains("certificate-authority-data"))
+            .unwrap()
+            .to_string()
+    };
+    let (ours, theirs) = (ca_line(&api), ca_line(&other));
+    let distrusting = client_as(&api, &rt, Credential::Token, |k| k.replace(&ours, &theirs));
+    assert!(matches!(
+        get(distrusting).unwrap_err(),
+        kube::Error::HyperError(_) | kube::Error::Service(_)
+    ));
+    // Tokens added later are accepted; only authenticated requests reach the log.
+    api.add_token(
+        "later",
+        plexus_testapi::User {
+            name: "someone".into(),
+            groups: vec![],
+        },
+    );
+    let later = client_as(&api, &rt, Credential::Token, |k| k.replace(&token, "later"));
+    assert!(get(later).is_ok());
+    assert_eq!(api.count("GET", "/pods/p"), 3);
+}
+
+#[test]
+fn ecdsa_and_plain_servers() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ecdsa = TestApiServer::start_with(listener, Security::Tls(KeyKind::EcdsaP256));
+    // Plain HTTP without authentication, the old insecure port: kept to show the
+    // difference, and for tests that say why they need it.
+    let plain = TestApiServer::start_plain();
+    assert!(plain.url().starts_with("http://") && plain.ca_pem().is_none());
+    for api in [&ecdsa, &plain] {
+        let pods: Api<Pod> = Api::namespaced(client(api, &rt), "x");
+        assert!(rt.block_on(pods.get_opt("p")).unwrap().is_none());
+    }
 }

@@ -49,6 +49,11 @@ fn json_response(code: u16, body: &Value) -> Response {
         .into_response()
 }
 
+/// kube-apiserver's answer to a request without valid credentials.
+pub(crate) fn unauthorized() -> Response {
+    error(ApiErr::new(401, "Unauthorized", "Unauthorized"))
+}
+
 fn error(e: ApiErr) -> Response {
     json_response(e.code, &e.status())
 }
