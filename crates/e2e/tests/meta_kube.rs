@@ -56,8 +56,11 @@ fn add_writes_status_and_events_del_works_without_the_api() {
         ),
     );
     api.clear_requests();
+    let connections = api.connections();
     let att = n.attachment(0, &unique("cid"), "demo", "web", &[("K8S_POD_UID", uid)]);
     n.add(&att).unwrap();
+    // Every request of the ADD on one kept-alive connection: one TLS handshake.
+    assert_eq!(api.connections() - connections, 1, "{:?}", api.requests());
     let st = status_of(&api, "demo", "web");
     let summary: Vec<(String, String, bool)> = st
         .as_array()

@@ -45,13 +45,6 @@ impl Cluster for LazyKubeCluster {
         self.get()?.get_nad(namespace, name)
     }
 
-    fn prefetch_nads(&self, nads: &[(String, String)]) {
-        // A client that cannot be made is reported by the reads that follow.
-        if let Ok(k) = self.get() {
-            k.prefetch_nads(nads)
-        }
-    }
-
     fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {
         self.get()?.set_network_status(pod, status)
     }

@@ -1,9 +1,9 @@
 //! Thin mode's cluster: one process per CNI call, a current-thread runtime of its own,
-//! reads straight from the API server.
+//! reads straight from the API server, every request of a call one after the other on
+//! one kept-alive connection (one TCP and TLS handshake per call).
 
-use crate::api::{nad_what, pod_info, to_nad, Requests};
-use crate::{nad_resource, ApiSettings};
-use kube::api::{Api, DynamicObject};
+use crate::api::{pod_info, Requests};
+use crate::ApiSettings;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use plexus_cni::{CniError, Result};
@@ -19,8 +19,6 @@ pub struct KubeCluster {
     api: Requests,
     /// resourceVersions of the pods read, so the status write needs no second read.
     seen: Mutex<HashMap<(String, String), String>>,
-    /// NADs read together ahead of use (`None`: it does not exist).
-    prefetched: Mutex<HashMap<(String, String), Option<Nad>>>,
     /// `AddedInterface` messages, posted while the status is written.
     added: Mutex<Vec<(PodInfo, String)>>,
 }
@@ -58,7 +56,6 @@ impl KubeCluster {
             rt,
             api: settings.requests(client),
             seen: Default::default(),
-            prefetched: Default::default(),
             added: Default::default(),
         })
     }
@@ -91,36 +88,9 @@ impl Cluster for KubeCluster {
     }
 
     fn get_nad(&self, namespace: &str, name: &str) -> Result<Option<Nad>> {
-        let key = (namespace.to_string(), name.to_string());
-        if let Some(known) = lock(&self.prefetched).get(&key).cloned() {
-            return Ok(known);
-        }
+        // One at a time on the kept connection (see `report_add`): thin mode does not
+        // prefetch NADs in parallel.
         self.rt.block_on(self.api.get_nad(namespace, name))
-    }
-
-    fn prefetch_nads(&self, nads: &[(String, String)]) {
-        // HTTP/1.1: requests in parallel take a connection each; worth it for several NADs.
-        let mut wanted: Vec<(String, String)> = nads.to_vec();
-        wanted.sort();
-        wanted.dedup();
-        let got = self
-            .rt
-            .block_on(futures_util::future::join_all(wanted.iter().map(
-                |(ns, name)| {
-                    let api: Api<DynamicObject> =
-                        Api::namespaced_with(self.api.client.clone(), ns, &nad_resource());
-                    async move { tokio::time::timeout(self.api.timeout, api.get_opt(name)).await }
-                },
-            )));
-        let mut prefetched = lock(&self.prefetched);
-        for ((ns, name), r) in wanted.into_iter().zip(got) {
-            // Failures are left to `get_nad`, with its retries and errors.
-            if let Ok(Ok(obj)) = r {
-                if let Ok(nad) = to_nad(&nad_what(&ns, &name), obj.as_ref()) {
-                    prefetched.insert((ns, name), nad);
-                }
-            }
-        }
     }
 
     fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {
@@ -133,15 +103,23 @@ impl Cluster for KubeCluster {
     }
 
     fn report_add(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {
-        // The events go out while the status is written, on the same runtime.
+        // The status first, then the events, one after the other on the connection the
+        // ADD's reads used: HTTP/1.1 runs one request at a time per connection, and a
+        // request in parallel would open another, paying a TCP and TLS handshake (more
+        // than a request on a kept connection against a real API server).
         let added = std::mem::take(&mut *lock(&self.added));
-        let posts = futures_util::future::join_all(added.iter().map(|(p, msg)| {
-            self.api
-                .post_event(p, EventType::Normal, "AddedInterface", msg)
-        }));
-        let write = self.api.write_status(pod, status, self.seen_version(pod));
-        let (written, _) = self.rt.block_on(futures_util::future::join(write, posts));
-        written
+        self.rt.block_on(async {
+            let written = self
+                .api
+                .write_status(pod, status, self.seen_version(pod))
+                .await;
+            for (p, msg) in &added {
+                self.api
+                    .post_event(p, EventType::Normal, "AddedInterface", msg)
+                    .await;
+            }
+            written
+        })
     }
 
     fn event(&self, pod: &PodInfo, kind: EventType, reason: &str, message: &str) {

@@ -66,6 +66,8 @@ const KUBECONFIG_CA: &str = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJrRENDQVR
 struct Auth {
     pki: Option<Arc<pki::Pki>>,
     tokens: Mutex<HashMap<String, User>>,
+    /// Connections accepted (TLS: whose handshake completed).
+    connections: std::sync::atomic::AtomicUsize,
 }
 
 impl Auth {
@@ -141,6 +143,7 @@ impl TestApiServer {
                     ],
                 },
             )])),
+            connections: Default::default(),
         });
         let (shutdown, thread) = serve(listener, store.clone(), auth.clone());
         TestApiServer {
@@ -151,6 +154,14 @@ impl TestApiServer {
             shutdown: Some(shutdown),
             thread: Some(thread),
         }
+    }
+
+    /// Connections accepted so far (over TLS: handshakes completed), each a new TCP
+    /// connection and, over TLS, a full handshake for the client.
+    pub fn connections(&self) -> usize {
+        self.auth
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether it serves TLS.
@@ -376,12 +387,20 @@ async fn accept(listener: tokio::net::TcpListener, app: axum::Router, auth: Arc<
         let _ = tcp.set_nodelay(true);
         let (app, auth, tls) = (app.clone(), auth.clone(), tls.clone());
         tokio::spawn(async move {
+            let counted = || {
+                auth.connections
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            };
             match tls {
-                None => serve_connection(tcp, app, auth, None).await,
+                None => {
+                    counted();
+                    serve_connection(tcp, app, auth, None).await
+                }
                 Some(acceptor) => {
                     let Ok(stream) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    counted();
                     let cert_user = stream
                         .get_ref()
                         .1
