@@ -12,12 +12,13 @@ pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A name unique across parallel tests and test processes, at most 13 bytes, so it
+/// A name unique across parallel tests and test processes (65,536 per process before
+/// they repeat: a soak makes one namespace per cycle), at most 12 bytes, so it
 /// fits an interface name with room for a suffix.
 pub fn unique(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let p: String = prefix.chars().take(3).collect();
-    format!("{p}{:05x}{:03x}", std::process::id() & 0xfffff, n & 0xfff)
+    format!("{p}{:05x}{:04x}", std::process::id() & 0xfffff, n & 0xffff)
 }
 
 /// Runs `ip` with `args` (in namespace `ns` when given) and returns stdout; panics on failure.
