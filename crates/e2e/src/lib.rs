@@ -281,11 +281,17 @@ pub fn gone_within(pid: u64, max: std::time::Duration) -> bool {
 
 /// Sends SIGKILL to `pid` (with the `kill` command: this crate holds no unsafe code).
 pub fn kill_9(pid: u64) {
-    let st = Command::new("kill")
+    assert!(try_kill_9(pid), "kill -9 {pid} failed");
+}
+
+/// Sends SIGKILL to `pid`; false when it failed (the process had already exited).
+pub fn try_kill_9(pid: u64) -> bool {
+    Command::new("kill")
         .args(["-KILL", &pid.to_string()])
+        .stderr(std::process::Stdio::null())
         .status()
-        .expect("running kill");
-    assert!(st.success(), "kill -9 {pid} failed");
+        .expect("running kill")
+        .success()
 }
 
 /// The directory holding the test plugin binary and the reference plugins, for `CNI_PATH`.

@@ -5,7 +5,7 @@ use crate::fault::{self, Fault};
 use plexus_cni::runtime::Attachment;
 use plexus_cni::CniError;
 use plexus_e2e::meta::{pod_object, Daemon, Node};
-use plexus_e2e::{kill_9, link_kinds, unique};
+use plexus_e2e::{kill_9, link_kinds, try_kill_9, unique};
 use plexus_netns::NamedNetNs;
 use plexus_testapi::{Resource, TestApiServer};
 use serde_json::Value;
@@ -216,7 +216,8 @@ impl Soak {
                     self.generation.fetch_add(1, Ordering::Relaxed);
                 }
             } else if let Some(pid) = plugin_pid(&att.container_id) {
-                kill_9(pid);
+                // The plugin may have finished between the look-up and the kill.
+                try_kill_9(pid);
             }
             adding.join().is_ok_and(|r| r.is_ok())
         })
