@@ -87,9 +87,6 @@ pub trait Cluster: Send + Sync {
     fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<PodInfo>>;
     /// The NAD, `None` when it does not exist.
     fn get_nad(&self, namespace: &str, name: &str) -> Result<Option<Nad>>;
-    /// Says which NADs (namespace, name) are about to be asked for, so an implementation
-    /// may fetch them together; what it could not fetch `get_nad` fetches as usual.
-    fn prefetch_nads(&self, _nads: &[(String, String)]) {}
     /// Writes the network-status annotation; a pod that is gone is not an error.
     fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()>;
     /// Records an event on the pod (best effort, never fails the operation).

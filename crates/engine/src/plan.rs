@@ -144,13 +144,6 @@ fn selected_networks(
     for sel in &selections {
         check_isolation(r.conf, pod, NETWORKS_ANNOTATION, sel)?;
     }
-    if let (Some(c), true) = (r.cluster, selections.len() > 1) {
-        let refs: Vec<(String, String)> = selections
-            .iter()
-            .map(|s| (s.network.namespace.clone(), s.network.name.clone()))
-            .collect();
-        c.prefetch_nads(&refs);
-    }
     selections
         .into_iter()
         .map(|sel| Ok((r.nad(&sel.network, Some(pod))?, Some(sel))))

@@ -88,8 +88,7 @@ impl Cluster for KubeCluster {
     }
 
     fn get_nad(&self, namespace: &str, name: &str) -> Result<Option<Nad>> {
-        // One at a time on the kept connection (see `report_add`): thin mode does not
-        // prefetch NADs in parallel.
+        // One at a time on the kept connection (see `report_add`), not in parallel.
         self.rt.block_on(self.api.get_nad(namespace, name))
     }
 
