@@ -329,9 +329,7 @@ fn loopback() -> std::net::TcpListener {
 /// 32 random bytes, base64url: a token no test can guess.
 fn random_token() -> String {
     let mut b = [0u8; 32];
-    for x in &mut b {
-        *x = fastrand::u8(..);
-    }
+    getrandom::fill(&mut b).expect("the system's random source");
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
