@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Keys that never overlay a request: they belong to the request itself.
-const NOT_OVERLAID: &[&str] = &["cniVersion", "name", "type"];
+const NOT_OVERLAID: &[&str] = &["cniVersion", "name", "type", "hotplug"];
 
 /// The daemon configuration.
 #[derive(Debug, Clone)]
@@ -61,6 +61,8 @@ pub struct DaemonConfig {
     pub bin_dir: PathBuf,
     /// `cniDir`: state and libcni's result cache.
     pub cni_dir: PathBuf,
+    /// Hot-plug: follow running pods' selection annotations (`hotplug`, default true).
+    pub hotplug: bool,
 }
 
 fn s(raw: &Map<String, Value>, k: &str) -> Option<String> {
@@ -163,6 +165,11 @@ impl DaemonConfig {
             cni_dir: s(&raw, "cniDir")
                 .unwrap_or_else(|| DEFAULT_CNI_DIR.into())
                 .into(),
+            hotplug: match raw.get("hotplug") {
+                None | Some(Value::Null) => true,
+                Some(Value::Bool(b)) => *b,
+                Some(v) => bail!("\"hotplug\" must be true or false, got {v}"),
+            },
             raw,
         })
     }

@@ -4,6 +4,7 @@
 
 pub mod autoconf;
 pub mod config;
+pub mod hotplug;
 pub mod metrics;
 pub mod server;
 

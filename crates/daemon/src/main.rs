@@ -106,7 +106,17 @@ async fn run(cfg: Arc<DaemonConfig>) -> Result<()> {
         ready: AtomicBool::new(false),
         metrics: metrics.clone(),
         limiter: Semaphore::new(cfg.max_concurrent_requests),
+        locks: Default::default(),
+        adds: Default::default(),
     });
+    match (&state.cluster, &caches) {
+        (Some(cluster), Some(caches)) if cfg.hotplug => {
+            let tx = plexus_daemon::hotplug::start(state.clone(), caches.clone(), cluster.clone());
+            let _ = state.adds.set(tx);
+            tracing::info!("hot-plug: following this node's pods");
+        }
+        _ => tracing::info!("hot-plug: off"),
+    }
     let listener = bind_socket(&cfg.socket_path())?;
     tracing::info!(socket = %cfg.socket_path().display(), node = ?cfg.node_name, "serving");
     if let Some(port) = cfg.metrics_port {

@@ -35,6 +35,13 @@ pub struct NetworkLabels {
     pub network: String,
 }
 
+/// A hot-plug outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HotplugLabels {
+    /// `changed`, `rejected`, `failed_adding` or `failed_removing`.
+    pub result: String,
+}
+
 type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
 
 /// Every metric of the daemon.
@@ -56,6 +63,11 @@ pub struct Metrics {
     pub cached_nads: Gauge,
     /// 1 once both caches have listed.
     pub caches_synced: Gauge,
+    /// Hot-plug reconciles that did something, by outcome.
+    pub hotplug: Family<HotplugLabels, Counter>,
+    /// Time from a selection annotation's change reaching the daemon to the pod's
+    /// interfaces matching it.
+    pub hotplug_latency: Histogram,
 }
 
 fn latency_histogram() -> Histogram {
@@ -108,7 +120,21 @@ impl Default for Metrics {
             "1 when the pod and NAD caches have listed",
             caches_synced.clone(),
         );
+        let hotplug = Family::<HotplugLabels, Counter>::default();
+        let hotplug_latency = latency_histogram();
+        registry.register(
+            "hotplug",
+            "Hot-plug reconciles that attached, detached or failed, by result",
+            hotplug.clone(),
+        );
+        registry.register(
+            "hotplug_duration_seconds",
+            "Time from a selection annotation change seen by the daemon to the interfaces matching it",
+            hotplug_latency.clone(),
+        );
         Metrics {
+            hotplug,
+            hotplug_latency,
             registry,
             requests,
             latency,

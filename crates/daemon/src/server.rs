@@ -42,6 +42,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Bounds the CNI requests executed at once.
     pub limiter: Semaphore,
+    /// One request or hot-plug at a time per container.
+    pub locks: crate::hotplug::ContainerLocks,
+    /// Tells hot-plug of finished ADDs (when it runs).
+    pub adds: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<crate::hotplug::AddDone>>,
 }
 
 /// The router.
@@ -268,6 +272,9 @@ impl DaemonPlugin<'_> {
             None => self.cluster.clone().map(|c| c as Arc<dyn Cluster>),
         };
         let mut e = Engine::new(conf, cluster);
+        if self.st.cfg.hotplug && req.command == plexus_cni::plugin::Command::Add {
+            e = e.keeping_config(&req.stdin);
+        }
         if let Some(x) = &self.st.exec {
             e = e.with_exec(x.clone());
         }
@@ -322,8 +329,28 @@ fn run_cni(
     );
     let span = tracing::info_span!("cni", command = %env.get("CNI_COMMAND").map(String::as_str).unwrap_or(""),
         container = %env.get("CNI_CONTAINERID").map(String::as_str).unwrap_or(""), %pod);
+    let command = env.get("CNI_COMMAND").map(String::as_str).unwrap_or("");
+    let started = Instant::now();
     span.in_scope(|| {
+        // ADD, DEL and CHECK of a container never overlap a hot-plug of it.
+        let _held = match (command, env.get("CNI_CONTAINERID")) {
+            ("ADD" | "DEL" | "CHECK", Some(id)) if !id.is_empty() => Some(st.locks.lock(id)),
+            _ => None,
+        };
         let answered = answer(&DaemonPlugin { st, cluster }, env, stdin);
+        if let (true, "ADD", Some(tx), Some(ns), Some(name)) = (
+            answered.reply.is_ok(),
+            command,
+            st.adds.get(),
+            args.get("K8S_POD_NAMESPACE"),
+            args.get("K8S_POD_NAME"),
+        ) {
+            let _ = tx.send(crate::hotplug::AddDone {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                started,
+            });
+        }
         match &answered.reply {
             Ok(_) => tracing::info!("done"),
             Err(e) => tracing::error!(error = %e, "failed"),

@@ -38,7 +38,13 @@ impl Engine {
         // Runtime::prestart_add), and is killed if the ADD stops before.
         let rt = self.runtime(&req.cni_path);
         self.prestart(&rt, req, &a.netns, planned.first());
-        let mut st = new_state(req, &a.netns, a.pod.as_ref(), &planned);
+        let mut st = new_state(
+            req,
+            &a.netns,
+            a.pod.as_ref(),
+            &planned,
+            self.source.as_ref(),
+        );
         let syncing = self.save_checked(&st, &planned, &a.netns, present)?;
         let mut added = Vec::with_capacity(planned.len());
         let done = self
@@ -186,7 +192,13 @@ impl Engine {
         Ok(())
     }
 
-    fn add_one(&self, rt: &Runtime, req: &Request, netns: &str, p: &Planned) -> Result<Added> {
+    pub(crate) fn add_one(
+        &self,
+        rt: &Runtime,
+        req: &Request,
+        netns: &str,
+        p: &Planned,
+    ) -> Result<Added> {
         let att = planned_attachment(req, netns, p);
         let ctx = network_context(&p.name, &p.ifname);
         let result = if p.auxiliary {
@@ -256,7 +268,13 @@ fn netns_of(req: &Request) -> Result<&str> {
 }
 
 /// The state of a new ADD: every planned attachment, each counted as attempted.
-fn new_state(req: &Request, netns: &str, pod: Option<&PodInfo>, planned: &[Planned]) -> PodState {
+fn new_state(
+    req: &Request,
+    netns: &str,
+    pod: Option<&PodInfo>,
+    planned: &[Planned],
+    conf: Option<&serde_json::Value>,
+) -> PodState {
     PodState {
         version: STATE_VERSION,
         container_id: req.container_id.clone(),
@@ -265,6 +283,13 @@ fn new_state(req: &Request, netns: &str, pod: Option<&PodInfo>, planned: &[Plann
         pod_name: pod.map(|p| p.name.clone()).unwrap_or_default(),
         pod_uid: pod.map(|p| p.uid.clone()).unwrap_or_default(),
         attachments: planned.iter().map(to_state).collect(),
+        conf: conf.cloned(),
+        cni_path: if conf.is_some() {
+            req.cni_path.clone()
+        } else {
+            vec![]
+        },
+        deleting: false,
     }
 }
 
@@ -283,6 +308,8 @@ pub(crate) fn to_state(p: &Planned) -> AttachmentState {
         result: None,
         device_info_file: p.device_info_file.clone(),
         auxiliary: p.auxiliary,
+        selection: p.selection.as_ref().map(|s| s.to_element()),
+        pending: None,
     }
 }
 

@@ -59,6 +59,8 @@ pub struct Engine {
     pub(crate) state: StateStore,
     exec: Option<Arc<dyn Exec>>,
     pub(crate) sandboxes: Arc<dyn Sandboxes>,
+    /// The configuration as the runtime gave it, kept in the state for hot-plug.
+    pub(crate) source: Option<Value>,
 }
 
 impl Engine {
@@ -71,7 +73,21 @@ impl Engine {
             state,
             exec: None,
             sandboxes: Arc::new(KernelSandboxes),
+            source: None,
         }
+    }
+
+    /// Keeps `config` (the configuration this engine was parsed from) in each ADD's
+    /// state, without its per-request keys, so that the daemon can hot-plug networks
+    /// into the pod later with the configuration it was added with.
+    pub fn keeping_config(mut self, config: &[u8]) -> Engine {
+        if let Ok(Value::Object(mut m)) = serde_json::from_slice::<Value>(config) {
+            for k in ["runtimeConfig", "prevResult", "args"] {
+                m.remove(k);
+            }
+            self.source = Some(Value::Object(m));
+        }
+        self
     }
 
     /// Runs delegates through `exec` (the daemon's chroot executor, for example).

@@ -7,6 +7,7 @@ mod add;
 pub mod cluster;
 pub mod config;
 mod engine;
+pub mod hotplug;
 mod inspect;
 pub mod local;
 mod outcome;

@@ -62,25 +62,43 @@ pub(crate) fn verify_requests(p: &Planned, r: &Result100) -> Result<()> {
 pub(crate) fn network_status(added: &[Added]) -> Vec<NetworkStatus> {
     let mut statuses = Vec::new();
     for a in added.iter().filter(|a| !a.planned.auxiliary) {
-        let r = a.result.to_current();
-        let default_route = a
+        let wants_default_route = a
             .planned
             .selection
             .as_ref()
-            .and_then(|s| s.default_route.as_ref())
-            .map(|_| routes::default_gateways(&r, &a.planned.ifname));
-        statuses.extend(status::entries(
-            &r,
-            StatusInput {
-                name: &a.planned.name,
-                is_default: a.planned.is_default,
-                ifname: &a.planned.ifname,
-                device_info: a.device_info.clone(),
-                default_route,
-            },
+            .is_some_and(|s| s.default_route.is_some());
+        statuses.extend(attachment_status(
+            &a.planned.name,
+            a.planned.is_default,
+            &a.planned.ifname,
+            wants_default_route,
+            &a.result.to_current(),
+            a.device_info.clone(),
         ));
     }
     statuses
+}
+
+/// The network-status entries of one attachment.
+pub(crate) fn attachment_status(
+    name: &str,
+    is_default: bool,
+    ifname: &str,
+    wants_default_route: bool,
+    r: &Result100,
+    device_info: Option<Value>,
+) -> Vec<NetworkStatus> {
+    let default_route = wants_default_route.then(|| routes::default_gateways(r, ifname));
+    status::entries(
+        r,
+        StatusInput {
+            name,
+            is_default,
+            ifname,
+            device_info,
+            default_route,
+        },
+    )
 }
 
 /// The `AddedInterface` message of an attachment: "Add <ifname> [<ips>] from

@@ -124,6 +124,15 @@ fn selected_networks(
     r: &Resolver,
     pod: &PodInfo,
 ) -> Result<Vec<(Resolved, Option<NetworkSelection>)>> {
+    selection(r, pod)?
+        .into_iter()
+        .map(|sel| Ok((r.nad(&sel.network, Some(pod))?, Some(sel))))
+        .collect()
+}
+
+/// The elements of the selection annotation, parsed and checked against
+/// `namespaceIsolation`, not resolved.
+pub(crate) fn selection(r: &Resolver, pod: &PodInfo) -> Result<Vec<NetworkSelection>> {
     let value = pod
         .annotations
         .get(NETWORKS_ANNOTATION)
@@ -144,10 +153,22 @@ fn selected_networks(
     for sel in &selections {
         check_isolation(r.conf, pod, NETWORKS_ANNOTATION, sel)?;
     }
-    selections
-        .into_iter()
-        .map(|sel| Ok((r.nad(&sel.network, Some(pod))?, Some(sel))))
-        .collect()
+    Ok(selections)
+}
+
+/// The name in network-status of the pod's default network: its
+/// `v1.multus-cni.io/default-network` NAD, else the cluster network.
+pub(crate) fn default_network_name(r: &Resolver, pod: &PodInfo) -> Result<String> {
+    match pod
+        .annotations
+        .get(DEFAULT_NETWORK_ANNOTATION)
+        .filter(|v| !v.trim().is_empty())
+    {
+        Some(v) => selection::parse_default_network(v, &r.conf.multus_namespace)
+            .map(|s| s.network.to_string())
+            .map_err(|e| selection_error(e, Some(pod))),
+        None => Ok(r.cluster_network()?.name),
+    }
 }
 
 /// `namespaceIsolation`: whatever annotation names it, a pod may use a NAD of its own
@@ -183,29 +204,7 @@ pub fn attachments(
     nets: Vec<(Resolved, Option<NetworkSelection>)>,
     runtime_config: &Map<String, Value>,
 ) -> Result<Vec<Planned>> {
-    let mut base_args = CniArgs(
-        input
-            .args
-            .0
-            .iter()
-            .filter(|(k, _)| !k.starts_with("PLEXUS_"))
-            .cloned()
-            .collect(),
-    );
-    if base_args.get("IgnoreUnknown").is_none() {
-        base_args.0.insert(0, ("IgnoreUnknown".into(), "1".into()));
-    }
-    // Like its runtimeConfig (D3), the runtime's own CNI_ARGS (podman's IP= and MAC=,
-    // anything else it passes) are the default network's; the other networks get the
-    // pod's identity and what their own selection element asks for.
-    let pod_args = CniArgs(
-        base_args
-            .0
-            .iter()
-            .filter(|(k, _)| k == "IgnoreUnknown" || k.starts_with("K8S_"))
-            .cloned()
-            .collect(),
-    );
+    let (base_args, pod_args) = request_args(input.args);
     let mut out: Vec<Planned> = Vec::with_capacity(nets.len());
     for (i, (resolved, sel)) in nets.into_iter().enumerate() {
         let ifname = interface_name(i, input.ifname, sel.as_ref());
@@ -224,6 +223,46 @@ pub fn attachments(
         out.push(aux);
     }
     Ok(out)
+}
+
+/// The `CNI_ARGS` of the default network (the runtime's, without Plexus's own keys)
+/// and of the others: like its runtimeConfig (D3), the runtime's own CNI_ARGS
+/// (podman's IP= and MAC=, anything else it passes) are the default network's; the
+/// other networks get the pod's identity and what their own selection element asks for.
+fn request_args(args: &CniArgs) -> (CniArgs, CniArgs) {
+    let mut base_args = CniArgs(
+        args.0
+            .iter()
+            .filter(|(k, _)| !k.starts_with("PLEXUS_"))
+            .cloned()
+            .collect(),
+    );
+    if base_args.get("IgnoreUnknown").is_none() {
+        base_args.0.insert(0, ("IgnoreUnknown".into(), "1".into()));
+    }
+    let pod_args = CniArgs(
+        base_args
+            .0
+            .iter()
+            .filter(|(k, _)| k == "IgnoreUnknown" || k.starts_with("K8S_"))
+            .cloned()
+            .collect(),
+    );
+    (base_args, pod_args)
+}
+
+/// One selected network attached to a running pod (hot-plug) on `ifname`, planned as
+/// an ADD plans it: the element's requests, D2's capability check, the pod's
+/// `CNI_ARGS` (`input.args` are the default network's, as the runtime gave them).
+pub(crate) fn selected_attachment(
+    r: &Resolver,
+    input: &PlanInput,
+    resolved: Resolved,
+    sel: NetworkSelection,
+    ifname: String,
+) -> Result<Planned> {
+    let (_, pod_args) = request_args(input.args);
+    attachment(r, input, resolved, Some(sel), ifname, &pod_args, None)
 }
 
 /// `CNI_IFNAME` for the default network (index 0), the element's `interface`, else

@@ -43,6 +43,25 @@ pub struct AttachmentState {
     /// The auxiliary chain (continues from an empty result).
     #[serde(default)]
     pub auxiliary: bool,
+    /// The selection element it was made from, in the annotation's JSON form
+    /// (`NetworkSelection::to_element`); none for the node's own networks. Hot-plug
+    /// tells the pod's edits apart by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Value>,
+    /// A hot-plug step under way: its delegate may have run in part. Found at
+    /// start-up (the daemon was killed), it is undone (attach) or finished (detach).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+}
+
+/// A hot-plug step not finished yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pending {
+    /// Being attached.
+    Attach,
+    /// Being detached.
+    Detach,
 }
 
 /// The state of one container.
@@ -61,8 +80,18 @@ pub struct PodState {
     pub pod_name: String,
     /// Pod UID.
     pub pod_uid: String,
-    /// Attachments in ADD order.
+    /// Attachments in ADD order, then those hot-plugged since.
     pub attachments: Vec<AttachmentState>,
+    /// The meta-plugin's configuration the ADD ran with (without its per-request keys),
+    /// kept by the daemon for hot-plug; none in thin mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conf: Option<Value>,
+    /// `CNI_PATH` of the ADD (for hot-plug's delegates).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cni_path: Vec<PathBuf>,
+    /// A DEL has begun: nothing may be attached any more.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleting: bool,
 }
 
 /// A state write on its way to the disk.
@@ -191,6 +220,9 @@ mod tests {
             pod_name: "b".into(),
             pod_uid: "u".into(),
             attachments: vec![],
+            conf: None,
+            cni_path: vec![],
+            deleting: false,
         };
         st.save(&s).unwrap();
         assert_eq!(st.load("c1").unwrap().unwrap(), s);

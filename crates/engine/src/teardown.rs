@@ -41,6 +41,8 @@ impl Engine {
             }
             st.netns = n.clone();
         }
+        // Kept on file with what is left if a delegate fails: hot-plug leaves it alone.
+        st.deleting = true;
         self.del_state(&rt, &mut st)?;
         self.state.remove(&req.container_id)?;
         self.torn_down(&st.pod_namespace, &st.pod_name);
@@ -74,6 +76,9 @@ impl Engine {
             pod_name: pod.name,
             pod_uid: pod.uid,
             attachments: planned.iter().map(to_state).collect(),
+            conf: None,
+            cni_path: vec![],
+            deleting: false,
         })
     }
 
@@ -81,6 +86,7 @@ impl Engine {
     /// is DELed in reverse and the state removed; `cause` is returned as it was.
     pub(crate) fn rollback(&self, rt: &Runtime, st: &mut PodState, cause: CniError) -> CniError {
         rt.discard_prestarted();
+        st.deleting = true;
         tracing::warn!(error = %cause, container = %st.container_id, "ADD failed, deleting what was attempted");
         match self.del_state(rt, st) {
             Ok(()) => {
@@ -129,7 +135,7 @@ impl Engine {
 
 /// DEL of one attachment with the configuration, arguments and result it was added
 /// with; its cache entry and device-info file go with it.
-fn del_one(
+pub(crate) fn del_one(
     rt: &Runtime,
     st: &PodState,
     a: &AttachmentState,

@@ -207,6 +207,14 @@ impl FakeCluster {
         lock(&self.pods).insert((namespace.into(), name.into()), p);
     }
 
+    /// A pod added with [`FakeCluster::pod`].
+    pub fn get(&self, namespace: &str, name: &str) -> PodInfo {
+        lock(&self.pods)
+            .get(&(namespace.into(), name.into()))
+            .cloned()
+            .expect("a pod of the fake cluster")
+    }
+
     /// Adds a NAD whose `spec.config` is `config`.
     pub fn nad(&self, namespace: &str, name: &str, config: Value) {
         let obj = json!({"metadata": {"namespace": namespace, "name": name},
@@ -361,6 +369,12 @@ impl Fixture {
 
     /// The plugin configuration: the cluster network a bridge, `extra` merged over it.
     pub fn conf(&self, extra: Value) -> NetConf {
+        NetConf::parse(self.conf_value(extra).to_string().as_bytes())
+            .expect("a valid configuration")
+    }
+
+    /// [`Fixture::conf`] as JSON.
+    pub fn conf_value(&self, extra: Value) -> Value {
         let d = self.dir.path();
         let mut v = json!({"cniVersion": "1.0.0", "name": "plexus", "type": "plexus",
             "binDir": d.join("bin"), "cniDir": d.join("cni"), "confDir": d.join("conf"),
@@ -371,7 +385,7 @@ impl Fixture {
                 m.insert(k.clone(), x.clone());
             }
         }
-        NetConf::parse(v.to_string().as_bytes()).expect("a valid configuration")
+        v
     }
 
     /// The engine for `extra` (see [`Fixture::conf`]).
@@ -382,6 +396,13 @@ impl Fixture {
         )
         .with_exec(self.exec.clone())
         .with_sandboxes(self.sandboxes.clone())
+    }
+
+    /// The engine for `extra` as the daemon makes it: it keeps its configuration in
+    /// each ADD's state, for hot-plug.
+    pub fn daemon_engine(&self, extra: Value) -> Engine {
+        let v = self.conf_value(extra.clone());
+        self.engine(extra).keeping_config(v.to_string().as_bytes())
     }
 
     /// The request of container `cid` for pod `ns/name`.

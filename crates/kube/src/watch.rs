@@ -32,14 +32,44 @@ pub struct Caches {
     /// The NAD cache has listed once.
     pub nads_synced: AtomicBool,
     nad_resource: ApiResource,
+    changes: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<PodChange>>>,
 }
 
-/// Drops what Plexus never reads, so memory follows the pods of this node only.
+/// A pod of this node as the watch delivered it (hot-plug follows these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodChange {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// What happened.
+    pub kind: ChangeKind,
+}
+
+/// What the watch said of a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Listed when the watch (re)started.
+    Listed,
+    /// Created or changed.
+    Applied,
+    /// Deleted.
+    Deleted,
+}
+
+/// Drops what Plexus never reads, so memory follows the pods of this node only (of
+/// the spec, `hostNetwork` stays: hot-plug refuses those pods).
 fn trim(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
     pod.metadata.owner_references = None;
     pod.metadata.labels = None;
-    pod.spec = None;
+    pod.spec = pod
+        .spec
+        .take()
+        .map(|s| k8s_openapi::api::core::v1::PodSpec {
+            host_network: s.host_network,
+            ..Default::default()
+        });
     pod.status = None;
 }
 
@@ -56,6 +86,7 @@ impl Caches {
             pods_synced: AtomicBool::new(false),
             nads_synced: AtomicBool::new(false),
             nad_resource: nad_resource.clone(),
+            changes: Default::default(),
         });
         let mut pod_cfg = watcher::Config::default();
         if let Some(n) = node {
@@ -72,7 +103,10 @@ impl Caches {
             while let Some(ev) = stream.next().await {
                 match ev {
                     Ok(watcher::Event::InitDone) => c.pods_synced.store(true, Ordering::SeqCst),
-                    Ok(_) => {}
+                    Ok(watcher::Event::InitApply(p)) => c.changed(&p, ChangeKind::Listed),
+                    Ok(watcher::Event::Apply(p)) => c.changed(&p, ChangeKind::Applied),
+                    Ok(watcher::Event::Delete(p)) => c.changed(&p, ChangeKind::Deleted),
+                    Ok(watcher::Event::Init) => {}
                     Err(e) => tracing::warn!(error = %e, "pod watch"),
                 }
             }
@@ -94,6 +128,35 @@ impl Caches {
             }
         });
         caches
+    }
+
+    /// The pods of this node as the watch delivers them, from now on (one receiver:
+    /// a second call replaces the first).
+    pub fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<PodChange> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self.changes.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
+    }
+
+    fn changed(&self, pod: &Pod, kind: ChangeKind) {
+        if let Some(tx) = &*self.changes.lock().unwrap_or_else(|p| p.into_inner()) {
+            let _ = tx.send(PodChange {
+                namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                name: pod.metadata.name.clone().unwrap_or_default(),
+                kind,
+            });
+        }
+    }
+
+    /// A cached pod as the engine sees it, and whether it is on the host's network.
+    pub fn pod_info(&self, namespace: &str, name: &str) -> Option<(PodInfo, bool)> {
+        let p = self.pod(namespace, name)?;
+        let host_network = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        Some((pod_info(&p, namespace, name), host_network))
     }
 
     /// Both caches listed once.
@@ -172,6 +235,14 @@ impl Cluster for DaemonCluster {
         if reason == "AddedInterface" && !self.added_interface_events {
             return;
         }
+        self.post_event(pod, kind, reason, message);
+    }
+}
+
+impl DaemonCluster {
+    /// Records an event in the background, whatever its reason (hot-plug's
+    /// `AddedInterface` events are its outcome, not the ADD path's extra writes).
+    pub fn post_event(&self, pod: &PodInfo, kind: EventType, reason: &str, message: &str) {
         let api = self.api.clone();
         let (pod, reason, message) = (pod.clone(), reason.to_string(), message.to_string());
         // Off the request's path: the CNI answer does not wait for the event.

@@ -109,6 +109,42 @@ impl NetworkSelection {
         }
     }
 
+    /// The element in the annotation's JSON form, every field it sets and no other:
+    /// parsing it again gives the same selection. What an attachment was made from is
+    /// kept in this form, so that a later edit of the element can be told apart.
+    pub fn to_element(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("name".into(), json!(self.network.name));
+        m.insert("namespace".into(), json!(self.network.namespace));
+        let mut caps = self.capability_requests();
+        for (cap, key) in [
+            ("ips", "ips"),
+            ("mac", "mac"),
+            ("infinibandGUID", "infiniband-guid"),
+            ("portMappings", "portMappings"),
+            ("bandwidth", "bandwidth"),
+            ("deviceID", "deviceID"),
+        ] {
+            if let Some(v) = caps.remove(cap) {
+                m.insert(key.into(), v);
+            }
+        }
+        if let Some(i) = &self.interface {
+            m.insert("interface".into(), json!(i));
+        }
+        if let Some(a) = &self.cni_args {
+            m.insert("cni-args".into(), Value::Object(a.clone()));
+        }
+        if let Some(gws) = &self.default_route {
+            let gws: Vec<String> = gws.iter().map(IpAddr::to_string).collect();
+            m.insert("default-route".into(), json!(gws));
+        }
+        if let Some(c) = &self.ipam_claim_reference {
+            m.insert("ipam-claim-reference".into(), json!(c));
+        }
+        Value::Object(m)
+    }
+
     /// The capability arguments this element requests, keyed by CNI capability name.
     pub fn capability_requests(&self) -> Map<String, Value> {
         let mut m = Map::new();

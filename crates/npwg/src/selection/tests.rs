@@ -163,3 +163,22 @@ fn default_network_annotation() {
         "{e}"
     );
 }
+
+#[test]
+fn an_element_written_back_parses_to_the_same_selection() {
+    let v = r#"[{"name":"a","namespace":"x","ips":["192.0.2.5/24"],"mac":"02:00:00:00:00:01",
+        "infiniband-guid":"00:11:22:33:44:55:66:77","interface":"data0",
+        "portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"udp","hostIP":"192.0.2.1"}],
+        "bandwidth":{"ingressRate":1000,"ingressBurst":20},"deviceID":"0000:00:01.0",
+        "cni-args":{"k":"v"},"default-route":["192.0.2.1"]},
+        {"name":"b"},{"name":"c","ipam-claim-reference":"claim"}]"#;
+    let sels = parse_networks(v, "pods").unwrap();
+    for s in &sels {
+        let again = parse_networks(&format!("[{}]", s.to_element()), "elsewhere").unwrap();
+        assert_eq!(&again[0], s);
+    }
+    assert_eq!(
+        sels[1].to_element(),
+        serde_json::json!({"name": "b", "namespace": "pods"})
+    );
+}

@@ -1,0 +1,381 @@
+//! Hot-plug in the daemon: it follows this node's pods through the pod watch and, when
+//! a running pod's selection annotation changes, brings the pod's attachments in line
+//! (the engine's `reconcile`), one container at a time under the same per-container
+//! lock as the runtime's ADD, DEL and CHECK. At start-up every pod is reconciled (an
+//! edit made while the daemon was down is applied; a step it was killed in is finished
+//! or undone). Outcomes are events with the reasons multus-dynamic-networks-controller
+//! uses, and metrics; failures to attach or detach are retried with exponential
+//! back-off and reported once.
+
+use crate::metrics::HotplugLabels;
+use crate::server::AppState;
+use plexus_engine::hotplug::{Failure, HotplugError, Reconciled};
+use plexus_engine::state::StateStore;
+use plexus_engine::{Cluster, Engine, EventType, NetConf, PodInfo};
+use plexus_kube::watch::{Caches, ChangeKind, DaemonCluster, PodChange};
+use plexus_npwg::{DEFAULT_NETWORK_ANNOTATION, NETWORKS_ANNOTATION};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+/// First retry of a failed hot-plug, doubled at each failure up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between two tries.
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// One lock per container: the runtime's requests and hot-plug never act on the same
+/// container at once.
+#[derive(Debug, Default)]
+pub struct ContainerLocks {
+    busy: Mutex<HashSet<String>>,
+    freed: Condvar,
+}
+
+/// Held while a container is acted on.
+pub struct ContainerGuard<'a> {
+    locks: &'a ContainerLocks,
+    id: String,
+}
+
+impl ContainerLocks {
+    /// Waits until no one acts on `id`, then holds it.
+    pub fn lock(&self, id: &str) -> ContainerGuard<'_> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        while busy.contains(id) {
+            busy = self.freed.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+        busy.insert(id.to_string());
+        ContainerGuard {
+            locks: self,
+            id: id.to_string(),
+        }
+    }
+}
+
+impl Drop for ContainerGuard<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.locks.busy.lock().unwrap_or_else(|p| p.into_inner());
+        busy.remove(&self.id);
+        self.locks.freed.notify_all();
+    }
+}
+
+/// The runtime's ADD of a pod finished (the reconciler checks for an edit it missed).
+#[derive(Debug, Clone)]
+pub struct AddDone {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// When the ADD began.
+    pub started: Instant,
+}
+
+type Key = (String, String);
+
+/// What the reconciler remembers of a pod.
+struct Seen {
+    /// The two selection annotations as last seen.
+    selection: (Option<String>, Option<String>),
+    /// When they last changed (the start of the hot-plug latency).
+    changed_at: Instant,
+}
+
+struct Retry {
+    at: Instant,
+    delay: Duration,
+}
+
+/// The reconciler's memory.
+#[derive(Default)]
+struct Book {
+    seen: HashMap<Key, Seen>,
+    retry: HashMap<Key, Retry>,
+    /// The failure last reported per pod: the same one is not reported again.
+    reported: HashMap<Key, String>,
+}
+
+/// The hot-plug reconciler.
+pub struct Reconciler {
+    st: Arc<AppState>,
+    caches: Arc<Caches>,
+    cluster: Arc<DaemonCluster>,
+}
+
+/// Starts the reconciler; the returned sender is for the runtime's finished ADDs.
+pub fn start(
+    st: Arc<AppState>,
+    caches: Arc<Caches>,
+    cluster: Arc<DaemonCluster>,
+) -> UnboundedSender<AddDone> {
+    let changes = caches.subscribe();
+    let (tx, adds) = tokio::sync::mpsc::unbounded_channel();
+    let r = Arc::new(Reconciler {
+        st,
+        caches,
+        cluster,
+    });
+    tokio::spawn(r.run(changes, adds));
+    tx
+}
+
+fn selection_of(pod: &PodInfo) -> (Option<String>, Option<String>) {
+    (
+        pod.annotations.get(NETWORKS_ANNOTATION).cloned(),
+        pod.annotations.get(DEFAULT_NETWORK_ANNOTATION).cloned(),
+    )
+}
+
+impl Reconciler {
+    async fn run(
+        self: Arc<Self>,
+        mut changes: UnboundedReceiver<PodChange>,
+        mut adds: UnboundedReceiver<AddDone>,
+    ) {
+        let mut book = Book::default();
+        loop {
+            let next = book.retry.values().map(|r| r.at).min();
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                c = changes.recv() => match c {
+                    Some(c) => self.on_change(&mut book, c).await,
+                    None => return,
+                },
+                Some(a) = adds.recv() => self.on_add(&mut book, a).await,
+                () = sleep => {
+                    let now = Instant::now();
+                    let due: Vec<Key> = book.retry.iter().filter(|(_, r)| r.at <= now).map(|(k, _)| k.clone()).collect();
+                    for k in due {
+                        self.reconcile(&mut book, k, ChangeKind::Applied).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_change(&self, book: &mut Book, c: PodChange) {
+        let key = (c.namespace.clone(), c.name.clone());
+        if c.kind == ChangeKind::Deleted {
+            book.seen.remove(&key);
+            book.retry.remove(&key);
+            book.reported.remove(&key);
+            return;
+        }
+        let Some((pod, _)) = self.caches.pod_info(&c.namespace, &c.name) else {
+            return;
+        };
+        let sel = selection_of(&pod);
+        let first = !book.seen.contains_key(&key);
+        match book.seen.get_mut(&key) {
+            Some(s) if s.selection == sel && c.kind == ChangeKind::Applied => return,
+            Some(s) if s.selection == sel => {}
+            Some(s) => {
+                s.selection = sel;
+                s.changed_at = Instant::now();
+                book.reported.remove(&key);
+                book.retry.remove(&key);
+            }
+            None => {
+                book.seen.insert(
+                    key.clone(),
+                    Seen {
+                        selection: sel,
+                        changed_at: Instant::now(),
+                    },
+                );
+            }
+        }
+        // A pod created now is attached by its ADD, with the annotation it has then.
+        if first && c.kind == ChangeKind::Applied {
+            return;
+        }
+        self.reconcile(book, key, c.kind).await;
+    }
+
+    async fn on_add(&self, book: &mut Book, a: AddDone) {
+        let key = (a.namespace, a.name);
+        // The ADD read the pod before the edit: it attached the old selection.
+        if book
+            .seen
+            .get(&key)
+            .is_some_and(|s| s.changed_at > a.started)
+        {
+            self.reconcile(book, key, ChangeKind::Applied).await;
+        }
+    }
+
+    async fn reconcile(&self, book: &mut Book, key: Key, kind: ChangeKind) {
+        book.retry.remove(&key);
+        let Some((pod, host_network)) = self.caches.pod_info(&key.0, &key.1) else {
+            return;
+        };
+        if host_network {
+            if kind == ChangeKind::Applied {
+                let e = HotplugError {
+                    failure: Failure::Rejected,
+                    error: plexus_cni::CniError::invalid_config(format!(
+                        "pod \"{}\" is on the host's network: it has no network namespace of its own to attach networks to",
+                        pod.key()
+                    )),
+                };
+                self.failed(book, &key, &pod, &e);
+            }
+            return;
+        }
+        let changed_at = book.seen.get(&key).map(|s| s.changed_at);
+        let me = (self.st.clone(), self.cluster.clone(), pod.clone());
+        let outcomes = tokio::task::spawn_blocking(move || reconcile_pod(&me.0, &me.1, &me.2))
+            .await
+            .unwrap_or_default();
+        for outcome in outcomes {
+            match outcome {
+                Ok(Reconciled::Changed { added, removed }) => {
+                    book.reported.remove(&key);
+                    for m in &added {
+                        self.cluster
+                            .post_event(&pod, EventType::Normal, "AddedInterface", m);
+                    }
+                    for m in &removed {
+                        self.cluster
+                            .post_event(&pod, EventType::Normal, "RemovedInterface", m);
+                    }
+                    self.count("changed");
+                    if let Some(t) = changed_at {
+                        self.st
+                            .metrics
+                            .hotplug_latency
+                            .observe(t.elapsed().as_secs_f64());
+                    }
+                    tracing::info!(pod = %pod.key(), ?added, ?removed, "hot-plug done");
+                }
+                Ok(Reconciled::Unchanged) => {}
+                Ok(Reconciled::Skipped(why)) => {
+                    tracing::debug!(pod = %pod.key(), why, "hot-plug: skipped");
+                }
+                Err(e) => {
+                    self.failed(book, &key, &pod, &e);
+                    if e.failure != Failure::Rejected {
+                        let delay = book
+                            .retry
+                            .get(&key)
+                            .map(|r| (r.delay * 2).min(RETRY_MAX))
+                            .unwrap_or(RETRY_FIRST);
+                        book.retry.insert(
+                            key.clone(),
+                            Retry {
+                                at: Instant::now() + delay,
+                                delay,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// One event per distinct failure of a pod, however often it is retried.
+    fn failed(&self, book: &mut Book, key: &Key, pod: &PodInfo, e: &HotplugError) {
+        let result = match e.failure {
+            Failure::Rejected => "rejected",
+            Failure::Adding => "failed_adding",
+            Failure::Removing => "failed_removing",
+        };
+        self.count(result);
+        tracing::warn!(pod = %pod.key(), error = %e, "hot-plug failed");
+        let msg = e.error.to_string();
+        if book.reported.get(key) != Some(&msg) {
+            self.cluster
+                .post_event(pod, EventType::Warning, e.failure.reason(), &msg);
+            book.reported.insert(key.clone(), msg);
+        }
+    }
+
+    fn count(&self, result: &str) {
+        self.st
+            .metrics
+            .hotplug
+            .get_or_create(&HotplugLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
+}
+
+/// Reconciles every container of `pod` on file (normally one), each under its lock.
+fn reconcile_pod(
+    st: &AppState,
+    cluster: &Arc<DaemonCluster>,
+    pod: &PodInfo,
+) -> Vec<Result<Reconciled, HotplugError>> {
+    let store = StateStore::new(&st.cfg.cni_dir);
+    let mut out = Vec::new();
+    for id in containers_of(&store, pod) {
+        let _held = st.locks.lock(&id);
+        out.push(reconcile_container(st, cluster, &store, &id, pod));
+    }
+    out
+}
+
+/// The containers whose state names `pod`.
+fn containers_of(store: &StateStore, pod: &PodInfo) -> Vec<String> {
+    let ids = match store.containers() {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::error!(error = %e, "hot-plug: cannot list the state files");
+            return vec![];
+        }
+    };
+    ids.into_iter()
+        .filter(|id| {
+            store.load(id).ok().flatten().is_some_and(|s| {
+                s.pod_namespace == pod.namespace
+                    && s.pod_name == pod.name
+                    && (s.pod_uid.is_empty() || pod.uid.is_empty() || s.pod_uid == pod.uid)
+            })
+        })
+        .collect()
+}
+
+/// One container: its engine made from the configuration its ADD kept.
+fn reconcile_container(
+    st: &AppState,
+    cluster: &Arc<DaemonCluster>,
+    store: &StateStore,
+    id: &str,
+    pod: &PodInfo,
+) -> Result<Reconciled, HotplugError> {
+    let adding = |error| HotplugError {
+        failure: Failure::Adding,
+        error,
+    };
+    let Some(state) = store.load(id).map_err(adding)? else {
+        return Ok(Reconciled::Skipped("no state: deleted"));
+    };
+    if state.deleting {
+        return Ok(Reconciled::Skipped("its DEL has begun"));
+    }
+    let Some(kept) = &state.conf else {
+        return Err(HotplugError {
+            failure: Failure::Rejected,
+            error: plexus_cni::CniError::invalid_config(format!(
+                "pod \"{}\": its networks were attached without the daemon (thin mode, or an older Plexus): hot-plug needs the configuration the daemon keeps at ADD; recreate the pod to use hot-plug",
+                pod.key()
+            )),
+        });
+    };
+    let conf = NetConf::parse(kept.to_string().as_bytes()).map_err(adding)?;
+    if conf.plexus.local.is_some() {
+        return Ok(Reconciled::Skipped("local mode: no annotations to follow"));
+    }
+    let mut engine = Engine::new(conf, Some(cluster.clone() as Arc<dyn Cluster>));
+    if let Some(x) = &st.exec {
+        engine = engine.with_exec(x.clone());
+    }
+    engine.reconcile(id, pod)
+}
