@@ -299,7 +299,18 @@ impl Engine {
                 .map_err(failed(Failure::Adding))?,
             None => None,
         };
-        if let Some(res) = nad.as_ref().and_then(|n| n.resource_name.as_ref()) {
+        // Not the resolver's NoNetworkFound event: the failure is reported once, as
+        // FailedAddingInterface, however often the edit is retried.
+        let Some(nad) = nad else {
+            return Err(HotplugError {
+                failure: Failure::Adding,
+                error: CniError::invalid_config(format!(
+                    "network \"{}\": cannot find a network-attachment-definition ({}) in namespace ({})",
+                    d.network, d.network.name, d.network.namespace
+                )),
+            });
+        };
+        if let Some(res) = &nad.resource_name {
             return Err(rejected(format!(
                 "pod \"{}\": network \"{}\" is backed by device resource {res:?}: device-backed networks cannot be hot-plugged yet",
                 pod.key(),
