@@ -235,6 +235,12 @@ mod tests {
             .contains("cniVersion"));
         assert!(DaemonConfig::parse(br#"{"cniVersion":"1.0.0","connectionLimit":0}"#).is_err());
         assert!(DaemonConfig::parse(br#"{"cniVersion":"1.0.0","metricsPort":"x"}"#).is_err());
+        assert!(
+            DaemonConfig::parse(br#"{"cniVersion":"1.0.0","hotplug":"no"}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("\"hotplug\"")
+        );
         let e = DaemonConfig::parse(br#"{"cniVersion":"1.0.0","plexus":{"apiRetries":"x"}}"#)
             .unwrap_err();
         assert!(format!("{e:#}").contains("\"plexus\""), "{e:#}");
@@ -251,6 +257,11 @@ mod tests {
         assert_eq!(c.cni_dir, PathBuf::from(DEFAULT_CNI_DIR));
         let d = DaemonConfig::parse(br#"{"cniVersion":"1.0.0"}"#).unwrap();
         assert_eq!(d.engine, PlexusConf::default());
+        assert!(d.hotplug, "hot-plug is on by default");
+        let off = DaemonConfig::parse(br#"{"cniVersion":"1.0.0","hotplug":false}"#).unwrap();
+        assert!(!off.hotplug);
+        let o: Value = serde_json::from_slice(&off.overlay(b"{}").unwrap()).unwrap();
+        assert!(o.get("hotplug").is_none(), "a daemon key, not a request's");
         assert_eq!(
             d.metrics_bind, "127.0.0.1",
             "metrics on the node's loopback by default"

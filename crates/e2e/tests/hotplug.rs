@@ -268,3 +268,23 @@ fn failures_a_killed_daemon_a_racing_del_and_host_network_pods() {
     assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
     d.stop();
 }
+
+#[test]
+fn hot_plug_off_leaves_running_pods_as_they_were_added() {
+    let (mut n, api) = kube_node();
+    api.put(Resource::Pods, pod_object("demo", "a", "ua", Some("br")));
+    let d = Daemon::start(&n, json!({"hotplug": false}));
+    n.conf = n.shim_conf();
+    let a = n.world.ctr(0).to_string();
+    let att = n.attachment(0, &unique("cid"), "demo", "a", &[]);
+    n.add(&att).unwrap();
+    edit(&api, "a", "br,br2");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(sorted(links(&a)), ["eth0", "lo", "net1"]);
+    assert!(events(&api, "ua")
+        .iter()
+        .all(|e| e.starts_with("AddedInterface: Add eth0") || e.contains("net1")));
+    n.del(&att).unwrap();
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    d.stop();
+}

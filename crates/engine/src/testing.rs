@@ -223,6 +223,15 @@ impl FakeCluster {
         lock(&self.nads).insert((namespace.into(), name.into()), nad);
     }
 
+    /// Adds a device-backed NAD (`k8s.v1.cni.cncf.io/resourceName`).
+    pub fn device_nad(&self, namespace: &str, name: &str, resource: &str, config: Value) {
+        let obj = json!({"metadata": {"namespace": namespace, "name": name,
+                            "annotations": {plexus_npwg::RESOURCE_NAME_ANNOTATION: resource}},
+                         "spec": {"config": config.to_string()}});
+        let nad = Nad::from_object(&obj).expect("a valid NAD");
+        lock(&self.nads).insert((namespace.into(), name.into()), nad);
+    }
+
     /// What the cluster was told so far.
     pub fn told(&self) -> Told {
         lock(&self.told).clone()

@@ -246,3 +246,22 @@ fn what_hot_plug_leaves_alone() {
     assert_eq!(err.failure, Failure::Rejected);
     assert!(err.error.msg.contains("thin mode"), "{}", err.error.msg);
 }
+
+#[test]
+fn device_backed_networks_are_refused_until_devices_are_looked_up() {
+    let (f, e) = added("a");
+    f.cluster.device_nad(
+        "demo",
+        "sriov",
+        "example.com/sriov_net",
+        net("sriov", "host-device", json!({})),
+    );
+    let err = edit(&f, &e, "a,sriov").unwrap_err();
+    assert_eq!(err.failure, Failure::Rejected);
+    assert!(
+        err.error.msg.contains("example.com/sriov_net"),
+        "{}",
+        err.error.msg
+    );
+    assert!(f.exec.log().is_empty());
+}
