@@ -18,6 +18,8 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod hotplug;
+
 const PLUGINS: &str = "/usr/lib/cni";
 
 struct Pod {
@@ -114,12 +116,9 @@ fn run(
     );
     println!("Every pod gets the cluster network as eth0, and the networks its annotation");
     println!("k8s.v1.cni.cncf.io/networks selects, described by NetworkAttachmentDefinitions:");
-    nad(
-        nads,
-        "data",
-        json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": "data-br",
-        "ipam": {"type": "host-local", "dataDir": ipam, "ranges": [[{"subnet": "198.51.100.0/24"}]]}}),
-    )?;
+    let data_conf = json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": "data-br",
+        "ipam": {"type": "host-local", "dataDir": ipam, "ranges": [[{"subnet": "198.51.100.0/24"}]]}});
+    nad(nads, "data", data_conf.clone())?;
     nad(
         nads,
         "storage",
@@ -134,10 +133,11 @@ fn run(
         {"type": "tuning", "capabilities": {"mac": true}}]}),
     )?;
 
+    let cluster = json!({"cniVersion": "1.0.0", "name": "cluster", "plugins": [{"type": "bridge", "bridge": "cluster-br", "isGateway": true,
+            "ipam": {"type": "host-local", "dataDir": ipam, "ranges": [[{"subnet": "192.0.2.0/24", "gateway": "192.0.2.1"}]], "routes": [{"dst": "0.0.0.0/0"}]}}]});
     let plexus_conf = json!({
         "type": "plexus", "binDir": PLUGINS, "cniDir": cni, "confDir": conf_dir, "logLevel": "error",
-        "delegates": [{"cniVersion": "1.0.0", "name": "cluster", "plugins": [{"type": "bridge", "bridge": "cluster-br", "isGateway": true,
-            "ipam": {"type": "host-local", "dataDir": ipam, "ranges": [[{"subnet": "192.0.2.0/24", "gateway": "192.0.2.1"}]], "routes": [{"dst": "0.0.0.0/0"}]}}]}],
+        "delegates": [cluster],
         "plexus": {"local": {"nadDir": nads, "statusDir": status}}
     });
     let list = NetworkConfigList::from_value(
@@ -263,6 +263,19 @@ fn run(
             Err(e) => del_errors.push(format!("{}: {e}", p.name)),
         }
     }
+    let hotplug = match (&outcome, del_errors.is_empty()) {
+        (Ok(()), true) => {
+            let work = cni.parent().unwrap_or(cni).join("hotplug");
+            std::fs::create_dir_all(&work)?;
+            let dirs = hotplug::Dirs {
+                work: &work,
+                cni,
+                ipam,
+            };
+            hotplug::act(node, tag, bin_dir, PLUGINS, &dirs, &cluster, &data_conf)
+        }
+        _ => Ok(()),
+    };
     let leftovers: Vec<String> = [cni, status, &ipam.join("data"), &ipam.join("cluster")]
         .iter()
         .flat_map(|d| walk(d))
@@ -276,10 +289,11 @@ fn run(
         p.ns.remove()?;
     }
     outcome?;
+    hotplug?;
     if !del_errors.is_empty() || !leftovers.is_empty() {
         bail!("not clean: {del_errors:?} {leftovers:?}");
     }
-    title("Done: three pods, four networks, real traffic, nothing left");
+    title("Done: five pods, four networks, one plugged in and out, real traffic, nothing left");
     Ok(())
 }
 
