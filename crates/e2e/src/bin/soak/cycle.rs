@@ -172,7 +172,9 @@ impl Soak {
                     f.name()
                 ));
             }
-            let _ = ns.remove();
+            if let Err(e) = ns.remove() {
+                self.finding(format!("cycle {n}: removing its namespace: {e}"));
+            }
         }
         lock(&self.api).delete(Resource::Pods, "soak", &pod);
         let mut t = lock(&self.tally);
