@@ -101,6 +101,60 @@ pub struct Reconciler {
     st: Arc<AppState>,
     caches: Arc<Caches>,
     cluster: Arc<DaemonCluster>,
+    index: Arc<Index>,
+}
+
+/// Which containers on file belong to which pod: read from the state files once, and
+/// again after an ADD or when older than [`INDEX_TTL`] (a daemon start reconciles
+/// every pod of the node: one pass over the files, not one per pod).
+#[derive(Default)]
+struct Index {
+    built: Mutex<Option<(Instant, HashMap<Key, Vec<String>>)>>,
+}
+
+/// How long the index is trusted without an ADD.
+const INDEX_TTL: Duration = Duration::from_secs(2);
+
+impl Index {
+    fn invalidate(&self) {
+        *self.built.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The containers on file of `pod`.
+    fn containers(&self, store: &StateStore, pod: &PodInfo) -> Vec<String> {
+        let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        if built
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() > INDEX_TTL)
+        {
+            *built = Some((Instant::now(), scan(store)));
+        }
+        let key = (pod.namespace.clone(), pod.name.clone());
+        built
+            .as_ref()
+            .and_then(|(_, m)| m.get(&key).cloned())
+            .unwrap_or_default()
+    }
+}
+
+/// Every state file's container, by pod.
+fn scan(store: &StateStore) -> HashMap<Key, Vec<String>> {
+    let ids = match store.containers() {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::error!(error = %e, "hot-plug: cannot list the state files");
+            return HashMap::new();
+        }
+    };
+    let mut out: HashMap<Key, Vec<String>> = HashMap::new();
+    for id in ids {
+        if let Ok(Some(s)) = store.load(&id) {
+            out.entry((s.pod_namespace, s.pod_name))
+                .or_default()
+                .push(id);
+        }
+    }
+    out
 }
 
 /// Starts the reconciler; the returned sender is for the runtime's finished ADDs.
@@ -115,6 +169,7 @@ pub fn start(
         st,
         caches,
         cluster,
+        index: Default::default(),
     });
     tokio::spawn(r.run(changes, adds));
     tx
@@ -173,8 +228,8 @@ impl Reconciler {
         let sel = selection_of(&pod);
         let first = !book.seen.contains_key(&key);
         match book.seen.get_mut(&key) {
-            Some(s) if s.selection == sel && c.kind == ChangeKind::Applied => return,
-            Some(s) if s.selection == sel => {}
+            // A status write, a label, a relist of the watch: nothing to do.
+            Some(s) if s.selection == sel => return,
             Some(s) => {
                 s.selection = sel;
                 s.changed_at = Instant::now();
@@ -199,6 +254,7 @@ impl Reconciler {
     }
 
     async fn on_add(&self, book: &mut Book, a: AddDone) {
+        self.index.invalidate();
         let key = (a.namespace, a.name);
         // The ADD read the pod before the edit: it attached the old selection.
         if book
@@ -229,10 +285,16 @@ impl Reconciler {
             return;
         }
         let changed_at = book.seen.get(&key).map(|s| s.changed_at);
-        let me = (self.st.clone(), self.cluster.clone(), pod.clone());
-        let outcomes = tokio::task::spawn_blocking(move || reconcile_pod(&me.0, &me.1, &me.2))
-            .await
-            .unwrap_or_default();
+        let me = (
+            self.st.clone(),
+            self.cluster.clone(),
+            pod.clone(),
+            self.index.clone(),
+        );
+        let outcomes =
+            tokio::task::spawn_blocking(move || reconcile_pod(&me.0, &me.1, &me.2, &me.3))
+                .await
+                .unwrap_or_default();
         for outcome in outcomes {
             match outcome {
                 Ok(Reconciled::Changed { added, removed }) => {
@@ -308,38 +370,20 @@ impl Reconciler {
 }
 
 /// Reconciles every container of `pod` on file (normally one), each under its lock.
+/// A container whose state names another pod UID is the engine's to skip.
 fn reconcile_pod(
     st: &AppState,
     cluster: &Arc<DaemonCluster>,
     pod: &PodInfo,
+    index: &Index,
 ) -> Vec<Result<Reconciled, HotplugError>> {
     let store = StateStore::new(&st.cfg.cni_dir);
     let mut out = Vec::new();
-    for id in containers_of(&store, pod) {
+    for id in index.containers(&store, pod) {
         let _held = st.locks.lock(&id);
         out.push(reconcile_container(st, cluster, &store, &id, pod));
     }
     out
-}
-
-/// The containers whose state names `pod`.
-fn containers_of(store: &StateStore, pod: &PodInfo) -> Vec<String> {
-    let ids = match store.containers() {
-        Ok(ids) => ids,
-        Err(e) => {
-            tracing::error!(error = %e, "hot-plug: cannot list the state files");
-            return vec![];
-        }
-    };
-    ids.into_iter()
-        .filter(|id| {
-            store.load(id).ok().flatten().is_some_and(|s| {
-                s.pod_namespace == pod.namespace
-                    && s.pod_name == pod.name
-                    && (s.pod_uid.is_empty() || pod.uid.is_empty() || s.pod_uid == pod.uid)
-            })
-        })
-        .collect()
 }
 
 /// One container: its engine made from the configuration its ADD kept.
