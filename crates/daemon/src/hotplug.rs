@@ -74,6 +74,9 @@ pub struct AddDone {
 
 type Key = (String, String);
 
+/// Container IDs by pod.
+type ByPod = HashMap<Key, Vec<String>>;
+
 /// What the reconciler remembers of a pod.
 struct Seen {
     /// The two selection annotations as last seen.
@@ -109,7 +112,7 @@ pub struct Reconciler {
 /// every pod of the node: one pass over the files, not one per pod).
 #[derive(Default)]
 struct Index {
-    built: Mutex<Option<(Instant, HashMap<Key, Vec<String>>)>>,
+    built: Mutex<Option<(Instant, ByPod)>>,
 }
 
 /// How long the index is trusted without an ADD.
@@ -138,7 +141,7 @@ impl Index {
 }
 
 /// Every state file's container, by pod.
-fn scan(store: &StateStore) -> HashMap<Key, Vec<String>> {
+fn scan(store: &StateStore) -> ByPod {
     let ids = match store.containers() {
         Ok(ids) => ids,
         Err(e) => {
@@ -146,7 +149,7 @@ fn scan(store: &StateStore) -> HashMap<Key, Vec<String>> {
             return HashMap::new();
         }
     };
-    let mut out: HashMap<Key, Vec<String>> = HashMap::new();
+    let mut out = ByPod::new();
     for id in ids {
         if let Ok(Some(s)) = store.load(&id) {
             out.entry((s.pod_namespace, s.pod_name))
