@@ -85,19 +85,41 @@ struct Seen {
     changed_at: Instant,
 }
 
-struct Retry {
-    at: Instant,
-    delay: Duration,
-}
-
 /// The reconciler's memory.
 #[derive(Default)]
 struct Book {
     seen: HashMap<Key, Seen>,
-    retry: HashMap<Key, Retry>,
+    /// When a failed pod is tried again.
+    retry: HashMap<Key, Instant>,
+    /// The last wait before a retry, doubled at each failure in a row.
+    backoff: HashMap<Key, Duration>,
     /// The failure last reported per pod: the same one is not reported again.
     reported: HashMap<Key, String>,
+    /// Pods being reconciled, and those to do again when that is over.
+    busy: HashSet<Key>,
+    again: HashSet<Key>,
 }
+
+impl Book {
+    fn forget(&mut self, key: &Key) {
+        self.seen.remove(key);
+        self.retry.remove(key);
+        self.backoff.remove(key);
+        self.reported.remove(key);
+        self.again.remove(key);
+    }
+}
+
+/// A pod's reconcile, done.
+struct Done {
+    key: Key,
+    pod: PodInfo,
+    changed_at: Option<Instant>,
+    outcomes: Vec<Result<Reconciled, HotplugError>>,
+}
+
+/// Pods reconciled at once (each holds a blocking thread while its delegates run).
+const PARALLEL: usize = 8;
 
 /// The hot-plug reconciler.
 pub struct Reconciler {
@@ -105,6 +127,8 @@ pub struct Reconciler {
     caches: Arc<Caches>,
     cluster: Arc<DaemonCluster>,
     index: Arc<Index>,
+    done: UnboundedSender<Done>,
+    parallel: Arc<tokio::sync::Semaphore>,
 }
 
 /// Which containers on file belong to which pod: read from the state files once, and
@@ -168,13 +192,16 @@ pub fn start(
 ) -> UnboundedSender<AddDone> {
     let changes = caches.subscribe();
     let (tx, adds) = tokio::sync::mpsc::unbounded_channel();
+    let (done, finished) = tokio::sync::mpsc::unbounded_channel();
     let r = Arc::new(Reconciler {
         st,
         caches,
         cluster,
         index: Default::default(),
+        done,
+        parallel: Arc::new(tokio::sync::Semaphore::new(PARALLEL)),
     });
-    tokio::spawn(r.run(changes, adds));
+    tokio::spawn(r.run(changes, adds, finished));
     tx
 }
 
@@ -190,10 +217,11 @@ impl Reconciler {
         self: Arc<Self>,
         mut changes: UnboundedReceiver<PodChange>,
         mut adds: UnboundedReceiver<AddDone>,
+        mut finished: UnboundedReceiver<Done>,
     ) {
         let mut book = Book::default();
         loop {
-            let next = book.retry.values().map(|r| r.at).min();
+            let next = book.retry.values().min().copied();
             let sleep = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -202,27 +230,26 @@ impl Reconciler {
             };
             tokio::select! {
                 c = changes.recv() => match c {
-                    Some(c) => self.on_change(&mut book, c).await,
+                    Some(c) => self.on_change(&mut book, c),
                     None => return,
                 },
-                Some(a) = adds.recv() => self.on_add(&mut book, a).await,
+                Some(a) = adds.recv() => self.on_add(&mut book, a),
+                Some(d) = finished.recv() => self.finish(&mut book, d),
                 () = sleep => {
                     let now = Instant::now();
-                    let due: Vec<Key> = book.retry.iter().filter(|(_, r)| r.at <= now).map(|(k, _)| k.clone()).collect();
+                    let due: Vec<Key> = book.retry.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();
                     for k in due {
-                        self.reconcile(&mut book, k, ChangeKind::Applied).await;
+                        self.reconcile(&mut book, k, ChangeKind::Applied);
                     }
                 }
             }
         }
     }
 
-    async fn on_change(&self, book: &mut Book, c: PodChange) {
+    fn on_change(&self, book: &mut Book, c: PodChange) {
         let key = (c.namespace.clone(), c.name.clone());
         if c.kind == ChangeKind::Deleted {
-            book.seen.remove(&key);
-            book.retry.remove(&key);
-            book.reported.remove(&key);
+            book.forget(&key);
             return;
         }
         let Some((pod, _)) = self.caches.pod_info(&c.namespace, &c.name) else {
@@ -238,6 +265,7 @@ impl Reconciler {
                 s.changed_at = Instant::now();
                 book.reported.remove(&key);
                 book.retry.remove(&key);
+                book.backoff.remove(&key);
             }
             None => {
                 book.seen.insert(
@@ -253,10 +281,10 @@ impl Reconciler {
         if first && c.kind == ChangeKind::Applied {
             return;
         }
-        self.reconcile(book, key, c.kind).await;
+        self.reconcile(book, key, c.kind);
     }
 
-    async fn on_add(&self, book: &mut Book, a: AddDone) {
+    fn on_add(&self, book: &mut Book, a: AddDone) {
         self.index.invalidate();
         let key = (a.namespace, a.name);
         // The ADD read the pod before the edit: it attached the old selection.
@@ -265,12 +293,18 @@ impl Reconciler {
             .get(&key)
             .is_some_and(|s| s.changed_at > a.started)
         {
-            self.reconcile(book, key, ChangeKind::Applied).await;
+            self.reconcile(book, key, ChangeKind::Applied);
         }
     }
 
-    async fn reconcile(&self, book: &mut Book, key: Key, kind: ChangeKind) {
+    /// Starts the reconcile of a pod (at most [`PARALLEL`] at once); one already under
+    /// way is done again when it is over.
+    fn reconcile(&self, book: &mut Book, key: Key, kind: ChangeKind) {
         book.retry.remove(&key);
+        if book.busy.contains(&key) {
+            book.again.insert(key);
+            return;
+        }
         let Some((pod, host_network)) = self.caches.pod_info(&key.0, &key.1) else {
             return;
         };
@@ -287,21 +321,39 @@ impl Reconciler {
             }
             return;
         }
+        book.busy.insert(key.clone());
         let changed_at = book.seen.get(&key).map(|s| s.changed_at);
-        let me = (
-            self.st.clone(),
-            self.cluster.clone(),
-            pod.clone(),
-            self.index.clone(),
-        );
-        let outcomes =
-            tokio::task::spawn_blocking(move || reconcile_pod(&me.0, &me.1, &me.2, &me.3))
-                .await
-                .unwrap_or_default();
+        let (st, cluster, index) = (self.st.clone(), self.cluster.clone(), self.index.clone());
+        let (done, parallel) = (self.done.clone(), self.parallel.clone());
+        tokio::spawn(async move {
+            let _turn = parallel.acquire_owned().await;
+            let p = pod.clone();
+            let outcomes =
+                tokio::task::spawn_blocking(move || reconcile_pod(&st, &cluster, &p, &index))
+                    .await
+                    .unwrap_or_default();
+            let _ = done.send(Done {
+                key,
+                pod,
+                changed_at,
+                outcomes,
+            });
+        });
+    }
+
+    /// A pod's reconcile is over: its events, metrics and retry.
+    fn finish(&self, book: &mut Book, d: Done) {
+        let Done {
+            key,
+            pod,
+            changed_at,
+            outcomes,
+        } = d;
+        book.busy.remove(&key);
+        let (mut failed, mut clean) = (false, true);
         for outcome in outcomes {
             match outcome {
                 Ok(Reconciled::Changed { added, removed }) => {
-                    book.reported.remove(&key);
                     for m in &added {
                         self.cluster
                             .post_event(&pod, EventType::Normal, "AddedInterface", m);
@@ -325,21 +377,31 @@ impl Reconciler {
                 }
                 Err(e) => {
                     self.failed(book, &key, &pod, &e);
-                    if e.failure != Failure::Rejected {
-                        let delay = book
-                            .retry
-                            .get(&key)
-                            .map(|r| (r.delay * 2).min(RETRY_MAX))
-                            .unwrap_or(RETRY_FIRST);
-                        book.retry.insert(
-                            key.clone(),
-                            Retry {
-                                at: Instant::now() + delay,
-                                delay,
-                            },
-                        );
-                    }
+                    failed |= e.failure != Failure::Rejected;
+                    clean = false;
                 }
+            }
+        }
+        if !book.seen.contains_key(&key) {
+            // Deleted meanwhile.
+            book.forget(&key);
+            return;
+        }
+        if book.again.remove(&key) {
+            self.reconcile(book, key, ChangeKind::Applied);
+        } else if failed {
+            let delay = book
+                .backoff
+                .get(&key)
+                .map(|d| (*d * 2).min(RETRY_MAX))
+                .unwrap_or(RETRY_FIRST);
+            book.backoff.insert(key.clone(), delay);
+            book.retry.insert(key, Instant::now() + delay);
+        } else {
+            book.backoff.remove(&key);
+            if clean {
+                // A success after failures: the next failure is news again.
+                book.reported.remove(&key);
             }
         }
     }
