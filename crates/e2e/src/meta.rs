@@ -403,6 +403,35 @@ impl Drop for Daemon {
 }
 
 impl Node {
+    /// A free TCP port on the loopback of the node's host namespace.
+    pub fn free_port(&self) -> u16 {
+        self.world
+            .host
+            .run(|| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+            })
+            .expect("entering the host namespace")
+            .expect("a free port")
+    }
+
+    /// The daemon's `/metrics` on `port` of the node's loopback.
+    pub fn scrape(&self, port: u16) -> String {
+        self.world
+            .host
+            .run(|| -> std::io::Result<String> {
+                use std::io::{Read, Write};
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)?;
+                Ok(out)
+            })
+            .expect("entering the host namespace")
+            .expect("the metrics endpoint")
+    }
+
     /// The plugin configuration of thick mode (what the runtime reads): only the shim
     /// and where its daemon is; the daemon overlays its own keys.
     pub fn shim_conf(&self) -> Value {

@@ -93,6 +93,13 @@ fn reasons(api: &TestApiServer, uid: &str, reason: &str) -> Vec<String> {
         .collect()
 }
 
+/// The value of one sample of the daemon's metrics.
+fn metric(m: &str, sample: &str) -> u64 {
+    m.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
@@ -123,7 +130,11 @@ fn a_network_plugged_into_a_running_pod_carries_traffic_and_goes_again() {
         Resource::Pods,
         pod_object("demo", "b", "ub", Some("br,br2")),
     );
-    let d = Daemon::start(&n, json!({"plexus": {"addedInterfaceEvents": false}}));
+    let port = n.free_port();
+    let d = Daemon::start(
+        &n,
+        json!({"metricsPort": port, "plexus": {"addedInterfaceEvents": false}}),
+    );
     n.conf = n.shim_conf();
     let (a, b) = (n.world.ctr(0).to_string(), n.world.ctr(1).to_string());
     let att_a = n.attachment(0, &unique("cid"), "demo", "a", &[]);
@@ -178,6 +189,20 @@ fn a_network_plugged_into_a_running_pod_carries_traffic_and_goes_again() {
     std::thread::sleep(Duration::from_millis(3500)); // two retries
     assert_eq!(events(&api, "ua").len(), 3, "{:?}", events(&api, "ua"));
     assert_eq!(sorted(links(&a)), ["eth0", "lo", "net2"]);
+    let m = n.scrape(port);
+    assert_eq!(
+        metric(&m, "plexus_hotplug_total{result=\"changed\"}"),
+        2,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "plexus_hotplug_duration_seconds_count"),
+        2,
+        "{m}"
+    );
+    // The first try and the retries after 1 s and 3 s (back-off doubles).
+    let tries = metric(&m, "plexus_hotplug_total{result=\"failed_adding\"}");
+    assert!((2..=3).contains(&tries), "{m}");
 
     // The NAD appears: the retry attaches it.
     api.put(

@@ -747,38 +747,10 @@ fn fifty_concurrent_adds_and_dels_repeated() {
     d.stop();
 }
 
-fn scrape(n: &Node, port: u16) -> String {
-    n.world
-        .host
-        .run(|| {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        })
-        .unwrap()
-}
-
-fn free_port(n: &Node) -> u16 {
-    n.world
-        .host
-        .run(|| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .unwrap()
-}
-
 #[test]
 fn nad_watch_metrics_and_cache_state() {
     let (mut n, api) = kube_node();
-    let port = free_port(&n);
+    let port = n.free_port();
     let d = Daemon::start(
         &n,
         json!({"metricsPort": port, "plexus": {"metricsBindAddress": "127.0.0.1"}}),
@@ -798,10 +770,10 @@ fn nad_watch_metrics_and_cache_state() {
     );
     // Wait until the watches delivered both objects (the cache gauges say so).
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !scrape(&n, port).contains("plexus_cached_nads 2")
-        || !scrape(&n, port).contains("plexus_cached_pods 1")
+    while !n.scrape(port).contains("plexus_cached_nads 2")
+        || !n.scrape(port).contains("plexus_cached_pods 1")
     {
-        assert!(Instant::now() < deadline, "{}", scrape(&n, port));
+        assert!(Instant::now() < deadline, "{}", n.scrape(port));
         std::thread::sleep(Duration::from_millis(200));
     }
     api.clear_requests();
@@ -821,7 +793,7 @@ fn nad_watch_metrics_and_cache_state() {
     );
     let _ = n.add(&bad); // a pod unknown everywhere: empty result
     n.del(&att).unwrap();
-    let m = scrape(&n, port);
+    let m = n.scrape(port);
     assert!(m.contains("plexus_caches_synced 1"), "{m}");
     assert!(
         m.contains(r#"plexus_requests_total{handler="/cni",command="ADD",result="ok"} 2"#),
@@ -844,7 +816,7 @@ fn nad_watch_metrics_and_cache_state() {
         r.starts_with("HTTP/1.1 400") && r.contains("\"code\":4"),
         "{r}"
     );
-    let m = scrape(&n, port);
+    let m = n.scrape(port);
     assert!(
         m.contains(r#"plexus_errors_total{command="ADD",code="4"} 1"#),
         "{m}"
