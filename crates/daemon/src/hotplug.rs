@@ -323,15 +323,17 @@ impl Reconciler {
         }
         book.busy.insert(key.clone());
         let changed_at = book.seen.get(&key).map(|s| s.changed_at);
+        let edited = kind == ChangeKind::Applied;
         let (st, cluster, index) = (self.st.clone(), self.cluster.clone(), self.index.clone());
         let (done, parallel) = (self.done.clone(), self.parallel.clone());
         tokio::spawn(async move {
             let _turn = parallel.acquire_owned().await;
             let p = pod.clone();
-            let outcomes =
-                tokio::task::spawn_blocking(move || reconcile_pod(&st, &cluster, &p, &index))
-                    .await
-                    .unwrap_or_default();
+            let outcomes = tokio::task::spawn_blocking(move || {
+                reconcile_pod(&st, &cluster, &p, &index, edited)
+            })
+            .await
+            .unwrap_or_default();
             let _ = done.send(Done {
                 key,
                 pod,
@@ -441,12 +443,13 @@ fn reconcile_pod(
     cluster: &Arc<DaemonCluster>,
     pod: &PodInfo,
     index: &Index,
+    edited: bool,
 ) -> Vec<Result<Reconciled, HotplugError>> {
     let store = StateStore::new(&st.cfg.cni_dir);
     let mut out = Vec::new();
     for id in index.containers(&store, pod) {
         let _held = st.locks.lock(&id);
-        out.push(reconcile_container(st, cluster, &store, &id, pod));
+        out.push(reconcile_container(st, cluster, &store, &id, pod, edited));
     }
     out
 }
@@ -458,6 +461,7 @@ fn reconcile_container(
     store: &StateStore,
     id: &str,
     pod: &PodInfo,
+    edited: bool,
 ) -> Result<Reconciled, HotplugError> {
     let adding = |error| HotplugError {
         failure: Failure::Adding,
@@ -470,6 +474,13 @@ fn reconcile_container(
         return Ok(Reconciled::Skipped("its DEL has begun"));
     }
     let Some(kept) = &state.conf else {
+        // Pods added before (thin mode, an older Plexus) are refused when edited, not
+        // each time the daemon starts and lists them.
+        if !edited {
+            return Ok(Reconciled::Skipped(
+                "added without the daemon's configuration",
+            ));
+        }
         return Err(HotplugError {
             failure: Failure::Rejected,
             error: plexus_cni::CniError::invalid_config(format!(

@@ -313,3 +313,29 @@ fn hot_plug_off_leaves_running_pods_as_they_were_added() {
     assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
     d.stop();
 }
+
+#[test]
+fn pods_added_in_thin_mode_are_refused_when_edited_not_when_listed() {
+    let (n, api) = kube_node();
+    api.put(Resource::Pods, pod_object("demo", "a", "ua", Some("br")));
+    let a = n.world.ctr(0).to_string();
+    let att = n.attachment(0, &unique("cid"), "demo", "a", &[]);
+    // Added by the thin plugin: no daemon configuration in its state.
+    n.add(&att).unwrap();
+    let d = Daemon::start(&n, json!({}));
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        reasons(&api, "ua", "InterfaceAddRejected").is_empty(),
+        "not at start-up: {:?}",
+        events(&api, "ua")
+    );
+    edit(&api, "a", "br,br2");
+    eventually("InterfaceAddRejected", || {
+        !reasons(&api, "ua", "InterfaceAddRejected").is_empty()
+    });
+    assert!(reasons(&api, "ua", "InterfaceAddRejected")[0].contains("thin mode"));
+    assert_eq!(sorted(links(&a)), ["eth0", "lo", "net1"]);
+    n.del(&att).unwrap();
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    d.stop();
+}
