@@ -499,3 +499,38 @@ fn reconcile_container(
     }
     engine.reconcile(id, pod)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn one_holder_per_container_and_others_unblocked() {
+        let locks = Arc::new(ContainerLocks::default());
+        let inside = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (locks, inside, most) = (locks.clone(), inside.clone(), most.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        let _held = locks.lock("c1");
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::yield_now();
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 1);
+        // Another container is not held up by one that is held.
+        let _c1 = locks.lock("c1");
+        let _c2 = locks.lock("c2");
+        assert!(locks.busy.lock().unwrap().len() == 2);
+    }
+}
