@@ -1,16 +1,12 @@
 #!/usr/bin/env bash
 # Installs what Plexus needs on a fresh Debian machine (root): the reference CNI
-# plugins, iproute2, ping, and make and a C compiler (plexusd's allocator).
-# Idempotent and quiet when everything is there.
+# plugins, iproute2 and ping. Idempotent and quiet when everything is there.
 set -euo pipefail
 
 need=()
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 command -v ip >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
-# plexusd's allocator (jemalloc) is built from C sources.
-command -v make >/dev/null || need+=(make)
-command -v cc >/dev/null || need+=(gcc)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -12,15 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
-/// jemalloc, not glibc's allocator. With dozens of requests at once on a few worker
-/// threads, glibc spread them over up to eight arenas per core and kept what they
-/// fragmented: the daemon's resident size grew for as long as pods came and went
-/// (from 29 to 63 MiB over 16,000 pods, 64 at a time) while its live heap stayed under
-/// 7 MiB with nothing leaked (heap profiles in docs/reliability.md). jemalloc gives
-/// unused pages back to the system after a short delay.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 #[derive(Parser)]
 #[command(name = "plexusd", version, about = "Plexus node daemon (thick mode)")]
 struct Args {
