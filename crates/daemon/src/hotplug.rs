@@ -481,13 +481,7 @@ fn reconcile_container(
                 "added without the daemon's configuration",
             ));
         }
-        return Err(HotplugError {
-            failure: Failure::Rejected,
-            error: plexus_cni::CniError::invalid_config(format!(
-                "pod \"{}\": its networks were attached without the daemon (thin mode, or an older Plexus): hot-plug needs the configuration the daemon keeps at ADD; recreate the pod to use hot-plug",
-                pod.key()
-            )),
-        });
+        return Err(plexus_engine::hotplug::added_without_daemon(pod));
     };
     let conf = NetConf::parse(kept.to_string().as_bytes()).map_err(adding)?;
     if conf.plexus.local.is_some() {

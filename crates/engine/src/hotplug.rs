@@ -72,6 +72,14 @@ impl std::fmt::Display for HotplugError {
     }
 }
 
+/// The refusal of an edit of a pod whose state keeps no daemon configuration.
+pub fn added_without_daemon(pod: &PodInfo) -> HotplugError {
+    rejected(format!(
+        "pod \"{}\": its networks were attached without the daemon (thin mode, or an older Plexus): hot-plug needs the configuration the daemon keeps at ADD; recreate the pod to use hot-plug",
+        pod.key()
+    ))
+}
+
 fn rejected(msg: impl Into<String>) -> HotplugError {
     HotplugError {
         failure: Failure::Rejected,
@@ -151,10 +159,7 @@ impl Engine {
             return Ok(Reconciled::Skipped("its ADD has not finished"));
         }
         if st.conf.is_none() {
-            return Err(rejected(format!(
-                "pod \"{}\": its networks were attached without the daemon (thin mode, or an older Plexus): hot-plug needs the configuration the daemon keeps at ADD; recreate the pod to use hot-plug",
-                pod.key()
-            )));
+            return Err(added_without_daemon(pod));
         }
         let edit = self.edit(&st, pod)?;
         if edit.add.is_empty() && edit.remove.is_empty() {
@@ -331,16 +336,11 @@ impl Engine {
         pod: &PodInfo,
         edit: Edit,
     ) -> std::result::Result<Reconciled, HotplugError> {
-        let input_args = st
-            .attachments
-            .iter()
-            .find(|a| a.is_default)
+        let default = st.attachments.iter().find(|a| a.is_default);
+        let input_args = default
             .map(|a| CniArgs(a.cni_args.clone()))
             .unwrap_or_default();
-        let default_ifname = st
-            .attachments
-            .iter()
-            .find(|a| a.is_default)
+        let default_ifname = default
             .map(|a| a.ifname.clone())
             .unwrap_or_else(|| "eth0".into());
         let input = PlanInput {
