@@ -108,6 +108,7 @@ async fn run(cfg: Arc<DaemonConfig>) -> Result<()> {
         limiter: Semaphore::new(cfg.max_concurrent_requests),
         locks: Default::default(),
         adds: Default::default(),
+        kubelet: Default::default(),
     });
     match (&state.cluster, &caches) {
         (Some(cluster), Some(caches)) if cfg.hotplug => {

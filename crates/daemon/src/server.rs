@@ -20,6 +20,7 @@ use plexus_cni::{code, CniError, CniResult};
 use plexus_engine::local::LocalCluster;
 use plexus_engine::{Cluster, Engine, NetConf};
 use plexus_kube::watch::{DaemonCluster, RequestCluster};
+use plexus_kubelet::{KubeletDevices, Settings};
 use plexus_proto::{AddReply, CniRequest};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -46,6 +47,25 @@ pub struct AppState {
     pub locks: crate::hotplug::ContainerLocks,
     /// Tells hot-plug of finished ADDs (when it runs).
     pub adds: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<crate::hotplug::AddDone>>,
+    /// The kubelet's PodResources client, its connection kept between requests.
+    pub kubelet: std::sync::Mutex<Option<Arc<KubeletDevices>>>,
+}
+
+impl AppState {
+    /// The kubelet client for `settings` (the requests' configuration names them): the
+    /// one kept, or a new one kept in its place. Called on the runtime's threads.
+    fn kubelet(&self, settings: Settings) -> Option<Arc<KubeletDevices>> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        let mut k = self.kubelet.lock().unwrap_or_else(|p| p.into_inner());
+        match &*k {
+            Some(c) if *c.settings() == settings => Some(c.clone()),
+            _ => {
+                let c = Arc::new(KubeletDevices::on(handle, settings));
+                *k = Some(c.clone());
+                Some(c)
+            }
+        }
+    }
 }
 
 /// The router.
@@ -271,7 +291,11 @@ impl DaemonPlugin<'_> {
             Some(local) => Some(Arc::new(LocalCluster::new(local.clone(), &req.args))),
             None => self.cluster.clone().map(|c| c as Arc<dyn Cluster>),
         };
+        let kubelet = self.st.kubelet(Settings::from_conf(&conf.plexus));
         let mut e = Engine::new(conf, cluster);
+        if let Some(k) = kubelet {
+            e = e.with_devices(k);
+        }
         if self.st.cfg.hotplug && req.command == plexus_cni::plugin::Command::Add {
             e = e.keeping_config(&req.stdin);
         }

@@ -2,6 +2,7 @@
 //! `default-route`, report; any failure after planning rolls back what was attempted.
 
 use crate::cluster::PodInfo;
+use crate::devices;
 use crate::engine::{attachment, network_context, Engine, Request};
 use crate::outcome::{self, Added};
 use crate::plan::{self, PlanInput, Planned};
@@ -112,7 +113,39 @@ impl Engine {
         };
         let r = self.resolver();
         let nets = plan::networks(&r, &input)?;
-        plan::attachments(&r, &input, nets, &self.conf.runtime_config)
+        let devices = self.devices_of(pod, &nets)?;
+        plan::attachments(&r, &input, nets, devices, &self.conf.runtime_config)
+    }
+
+    /// The device of each network (none asked of the kubelet when no network needs one).
+    fn devices_of(
+        &self,
+        pod: Option<&PodInfo>,
+        nets: &[(
+            crate::resolve::Resolved,
+            Option<plexus_npwg::selection::NetworkSelection>,
+        )],
+    ) -> Result<Vec<Option<crate::devices::Device>>> {
+        if !devices::needs_device(nets) {
+            return Ok(vec![]);
+        }
+        let (Some(pod), Some(d)) = (pod, &self.devices) else {
+            let Some((r, _)) = nets.iter().find(|(r, _)| r.resource_name.is_some()) else {
+                return Ok(vec![]);
+            };
+            return Err(CniError::invalid_config(format!(
+                "network \"{}\" needs a device of resource {:?}, but {}",
+                r.name,
+                r.resource_name.as_deref().unwrap_or_default(),
+                if pod.is_none() {
+                    "the request names no pod (K8S_POD_NAMESPACE, K8S_POD_NAME) to ask the kubelet about"
+                } else {
+                    "no kubelet is configured to ask"
+                }
+            )));
+        };
+        let alloc = d.allocation(pod)?;
+        devices::assign(nets, pod, &alloc)
     }
 
     fn prestart(&self, rt: &Runtime, req: &Request, netns: &str, p: Option<&Planned>) {
@@ -201,6 +234,7 @@ impl Engine {
     ) -> Result<Added> {
         let att = planned_attachment(req, netns, p);
         let ctx = network_context(&p.name, &p.ifname);
+        self.copy_device_info(p).map_err(&ctx)?;
         let result = if p.auxiliary {
             // Multus's passthru plugin heads this chain with an empty result.
             let empty = CniResult::from_value(&json!({"cniVersion": p.list.cni_version}))?;
@@ -219,6 +253,41 @@ impl Engine {
             result,
             device_info,
         })
+    }
+
+    /// device-info §4.2: the device plugin's file of the attachment's device copied to
+    /// the attachment's CNI device-info file, before its delegate runs (a plugin may
+    /// read or update it). A device plugin that writes no file is no error: the
+    /// attachment then reports what its plugins write, if anything.
+    fn copy_device_info(&self, p: &Planned) -> Result<()> {
+        let (Some(d), Some(to)) = (&p.device, &p.device_info_file) else {
+            return Ok(());
+        };
+        let Some(from) = d.plugin_info_file(&self.conf.plexus.device_plugin_info_dir) else {
+            tracing::warn!(device = %d.device_id, "device ID is not a file name part: no device-info file to copy");
+            return Ok(());
+        };
+        let bytes = match std::fs::read(&from) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::debug!(file = %from.display(), "the device plugin wrote no device-info file");
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(CniError::io(format!(
+                    "reading the device plugin's device-info file {}: {e}",
+                    from.display()
+                )))
+            }
+        };
+        if serde_json::from_slice::<serde_json::Value>(&bytes).map_or(true, |v| !v.is_object()) {
+            return Err(CniError::invalid_config(format!(
+                "the device plugin's device-info file {} is not a JSON object",
+                from.display()
+            )));
+        }
+        plexus_cni::fsutil::write_atomic(to, &bytes, 0o444, 0o755)
+            .map_err(|e| CniError::io(format!("writing device-info file {}: {e}", to.display())))
     }
 
     /// default-route (the cached results are patched to match the kernel), then the
@@ -307,6 +376,7 @@ pub(crate) fn to_state(p: &Planned) -> AttachmentState {
         attempted: true,
         result: None,
         device_info_file: p.device_info_file.clone(),
+        device: p.device.clone(),
         auxiliary: p.auxiliary,
         selection: p.selection.as_ref().map(|s| s.to_element()),
         pending: None,

@@ -59,6 +59,15 @@ pub struct PlexusConf {
     /// Start each delegate's process ahead of its turn (it gets its configuration, and
     /// acts, only in its turn).
     pub prestart_delegates: bool,
+    /// Directory of the device plugins' device-info files (device-info-spec §4.1).
+    pub device_plugin_info_dir: PathBuf,
+    /// The kubelet's PodResources socket, asked for the devices of NADs with a
+    /// `k8s.v1.cni.cncf.io/resourceName`.
+    pub pod_resources_socket: PathBuf,
+    /// The kubelet's device-manager checkpoint, read when the socket is absent.
+    pub device_checkpoint_file: PathBuf,
+    /// Time limit of the kubelet's answer (connection and call), in milliseconds.
+    pub kubelet_timeout_ms: u64,
 }
 
 impl Default for PlexusConf {
@@ -71,6 +80,12 @@ impl Default for PlexusConf {
             delegate_timeout_seconds: 120,
             device_info_dir: PathBuf::from("/var/run/k8s.cni.cncf.io/devinfo/cni"),
             prestart_delegates: true,
+            device_plugin_info_dir: PathBuf::from("/var/run/k8s.cni.cncf.io/devinfo/dp"),
+            pod_resources_socket: PathBuf::from("/var/lib/kubelet/pod-resources/kubelet.sock"),
+            device_checkpoint_file: PathBuf::from(
+                "/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint",
+            ),
+            kubelet_timeout_ms: 10_000,
         }
     }
 }

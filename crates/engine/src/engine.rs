@@ -3,6 +3,7 @@
 
 use crate::cluster::{Cluster, PodInfo};
 use crate::config::NetConf;
+use crate::devices::Devices;
 use crate::resolve::Resolver;
 use crate::sandbox::{KernelSandboxes, Sandboxes};
 use crate::state::StateStore;
@@ -61,6 +62,8 @@ pub struct Engine {
     pub(crate) sandboxes: Arc<dyn Sandboxes>,
     /// The configuration as the runtime gave it, kept in the state for hot-plug.
     pub(crate) source: Option<Value>,
+    /// The kubelet, asked for the devices of device-backed networks.
+    pub(crate) devices: Option<Arc<dyn Devices>>,
 }
 
 impl Engine {
@@ -74,7 +77,14 @@ impl Engine {
             exec: None,
             sandboxes: Arc::new(KernelSandboxes),
             source: None,
+            devices: None,
         }
+    }
+
+    /// Asks `devices` (the kubelet) for the devices of NADs with a `resourceName`.
+    pub fn with_devices(mut self, devices: Arc<dyn Devices>) -> Engine {
+        self.devices = Some(devices);
+        self
     }
 
     /// Keeps `config` (the configuration this engine was parsed from) in each ADD's

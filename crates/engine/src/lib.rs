@@ -6,6 +6,7 @@
 mod add;
 pub mod cluster;
 pub mod config;
+pub mod devices;
 mod engine;
 pub mod hotplug;
 mod inspect;
@@ -25,5 +26,6 @@ mod tests;
 
 pub use cluster::{Cluster, EventType, PodInfo, PodOrigin};
 pub use config::NetConf;
+pub use devices::{Allocation, Device, Devices};
 pub use engine::{Engine, Request};
 pub use inspect::valid_attachments;

@@ -4,6 +4,7 @@
 
 use crate::cluster::PodInfo;
 use crate::config::NetConf;
+use crate::devices::Device;
 use crate::resolve::{Resolved, Resolver};
 use plexus_cni::args::CniArgs;
 use plexus_cni::config::NetworkConfigList;
@@ -34,8 +35,11 @@ pub struct Planned {
     pub is_default: bool,
     /// The selection element it came from.
     pub selection: Option<NetworkSelection>,
-    /// The CNI device-info file, when a plugin declares `CNIDeviceInfoFile`.
+    /// The CNI device-info file, when a plugin declares `CNIDeviceInfoFile` or the
+    /// network has a device.
     pub device_info_file: Option<PathBuf>,
+    /// The device the kubelet allocated for it (a NAD with `resourceName`).
+    pub device: Option<Device>,
     /// The auxiliary chain (`auxiliaryCNIChainName`): it continues from an empty result
     /// on the default network's interface and has no status entry of its own.
     pub auxiliary: bool,
@@ -197,16 +201,20 @@ fn check_isolation(
     Ok(())
 }
 
-/// Builds the attachments from the networks.
+/// Builds the attachments from the networks; `devices` holds the device of each
+/// network, in order (empty when none has one).
 pub fn attachments(
     r: &Resolver,
     input: &PlanInput,
     nets: Vec<(Resolved, Option<NetworkSelection>)>,
+    devices: Vec<Option<Device>>,
     runtime_config: &Map<String, Value>,
 ) -> Result<Vec<Planned>> {
     let (base_args, pod_args) = request_args(input.args);
     let mut out: Vec<Planned> = Vec::with_capacity(nets.len());
+    let mut devices = devices.into_iter();
     for (i, (resolved, sel)) in nets.into_iter().enumerate() {
+        let device = devices.next().flatten();
         let ifname = interface_name(i, input.ifname, sel.as_ref());
         if let Some(prev) = out.iter().find(|p| p.ifname == ifname) {
             return Err(CniError::invalid_config(format!(
@@ -217,7 +225,9 @@ pub fn attachments(
         // D3: the runtime's runtimeConfig is the default network's only.
         let runtime = (i == 0).then_some(runtime_config);
         let args = if i == 0 { &base_args } else { &pod_args };
-        out.push(attachment(r, input, resolved, sel, ifname, args, runtime)?);
+        out.push(attachment(
+            r, input, resolved, sel, ifname, args, runtime, device,
+        )?);
     }
     if let Some(aux) = auxiliary_chain(r, input, &out)? {
         out.push(aux);
@@ -262,7 +272,7 @@ pub(crate) fn selected_attachment(
     ifname: String,
 ) -> Result<Planned> {
     let (_, pod_args) = request_args(input.args);
-    attachment(r, input, resolved, Some(sel), ifname, &pod_args, None)
+    attachment(r, input, resolved, Some(sel), ifname, &pod_args, None, None)
 }
 
 /// `CNI_IFNAME` for the default network (index 0), the element's `interface`, else
@@ -277,8 +287,9 @@ fn interface_name(i: usize, default: &str, sel: Option<&NetworkSelection>) -> St
 
 /// One attachment: the element's requests applied to the configuration (D2: the
 /// capabilities no plugin declares refused), the capability arguments (the runtime's
-/// for the default network, D3) and `CNI_ARGS`, the device-info file. `runtime_config`
-/// is given for the default network only.
+/// for the default network, D3) and `CNI_ARGS`, the device, the device-info file.
+/// `runtime_config` is given for the default network only.
+#[allow(clippy::too_many_arguments)]
 fn attachment(
     r: &Resolver,
     input: &PlanInput,
@@ -287,6 +298,7 @@ fn attachment(
     ifname: String,
     base_args: &CniArgs,
     runtime_config: Option<&Map<String, Value>>,
+    device: Option<Device>,
 ) -> Result<Planned> {
     let is_default = runtime_config.is_some();
     let mut capability_args = runtime_config.cloned().unwrap_or_default();
@@ -313,18 +325,28 @@ fn attachment(
             cni_args.set("MAC", mac.clone());
         }
     }
-    let device_info_file = list
-        .plugins
-        .iter()
-        .any(|p| p.has_capability("CNIDeviceInfoFile"))
-        .then(|| {
-            r.conf.plexus.device_info_dir.join(format!(
-                "{}-{}_{}",
-                resolved.name.replace('/', "-"),
-                input.container_id,
-                ifname
-            ))
-        });
+    if let Some(d) = &device {
+        // As Multus: in every plugin's configuration (sriov-cni, host-device read
+        // `deviceID`; older plugins `pciBusID`), and as `runtimeConfig.deviceID` for the
+        // plugins that declare the capability.
+        set_device_id(&mut list, &d.device_id);
+        capability_args.insert("deviceID".into(), json!(d.device_id));
+    }
+    // device-info §4.2 and §5.1: a file for every network with a device, and for every
+    // network a plugin of which declares CNIDeviceInfoFile.
+    let device_info_file = (device.is_some()
+        || list
+            .plugins
+            .iter()
+            .any(|p| p.has_capability("CNIDeviceInfoFile")))
+    .then(|| {
+        r.conf.plexus.device_info_dir.join(format!(
+            "{}-{}_{}",
+            resolved.name.replace('/', "-"),
+            input.container_id,
+            ifname
+        ))
+    });
     if let Some(f) = &device_info_file {
         capability_args.insert("CNIDeviceInfoFile".into(), json!(f));
     }
@@ -337,6 +359,7 @@ fn attachment(
         cni_args,
         selection: sel,
         device_info_file,
+        device,
         auxiliary: false,
     })
 }
@@ -390,6 +413,7 @@ fn auxiliary_chain(
         is_default: false,
         selection: None,
         device_info_file: None,
+        device: None,
         auxiliary: true,
     }))
 }
@@ -404,10 +428,17 @@ fn apply_selection(list: &mut NetworkConfigList, s: &NetworkSelection) {
     }
     for p in &mut list.plugins {
         p.merge_cni_args(&extra);
-        if let Some(dev) = &s.device_id {
-            let raw = p.raw_mut();
-            raw.insert("deviceID".into(), json!(dev));
-            raw.insert("pciBusID".into(), json!(dev));
-        }
+    }
+    if let Some(dev) = &s.device_id {
+        set_device_id(list, dev);
+    }
+}
+
+/// `deviceID` and `pciBusID` in every plugin's configuration.
+fn set_device_id(list: &mut NetworkConfigList, dev: &str) {
+    for p in &mut list.plugins {
+        let raw = p.raw_mut();
+        raw.insert("deviceID".into(), json!(dev));
+        raw.insert("pciBusID".into(), json!(dev));
     }
 }

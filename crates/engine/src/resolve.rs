@@ -15,6 +15,8 @@ pub struct Resolved {
     pub name: String,
     /// The configuration list.
     pub list: NetworkConfigList,
+    /// The NAD's `k8s.v1.cni.cncf.io/resourceName`: the network needs a device of it.
+    pub resource_name: Option<String>,
 }
 
 /// Resolves networks for one request.
@@ -54,6 +56,7 @@ impl Resolver<'_> {
         Ok(Resolved {
             name: r.to_string(),
             list,
+            resource_name: nad.resource_name.filter(|r| !r.is_empty()),
         })
     }
 
@@ -74,6 +77,7 @@ impl Resolver<'_> {
             return Ok(Resolved {
                 name: list.name.clone(),
                 list,
+                resource_name: None,
             });
         }
         if let Some(c) = self.cluster {
@@ -93,6 +97,7 @@ impl Resolver<'_> {
         Ok(Resolved {
             name: list.name.clone(),
             list,
+            resource_name: None,
         })
     }
 
@@ -120,6 +125,7 @@ impl Resolver<'_> {
                 .map(|list| Resolved {
                     name: list.name.clone(),
                     list,
+                    resource_name: None,
                 })
                 .map_err(|e| e.context(format!("plexus configuration: delegates[{i}]"))),
         )

@@ -43,6 +43,9 @@ pub struct AttachmentState {
     /// The auxiliary chain (continues from an empty result).
     #[serde(default)]
     pub auxiliary: bool,
+    /// The device the kubelet allocated for it (a NAD with `resourceName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<crate::devices::Device>,
     /// The selection element it was made from, in the annotation's JSON form
     /// (`NetworkSelection::to_element`); none for the node's own networks. Hot-plug
     /// tells the pod's edits apart by it.

@@ -65,7 +65,8 @@ impl Engine {
                     pod: Some(&pod),
                 };
                 let nets = vec![(r.cluster_network().ok()?, None)];
-                crate::plan::attachments(&r, &input, nets, &self.conf.runtime_config).ok()?
+                crate::plan::attachments(&r, &input, nets, vec![], &self.conf.runtime_config)
+                    .ok()?
             }
         };
         Some(PodState {

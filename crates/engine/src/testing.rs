@@ -281,6 +281,45 @@ impl Cluster for FakeCluster {
     }
 }
 
+/// A kubelet held in memory: the devices of each pod (by `namespace/name`), the calls
+/// counted, and a switch that makes it fail as a kubelet that does not answer.
+#[derive(Default)]
+pub struct FakeDevices {
+    /// `namespace/name` → resource → device IDs.
+    pub pods: Mutex<BTreeMap<String, BTreeMap<String, Vec<String>>>>,
+    /// Calls so far.
+    pub calls: Mutex<usize>,
+    /// Fail every call.
+    pub down: Mutex<bool>,
+}
+
+impl FakeDevices {
+    /// Gives `pod` (`namespace/name`) the devices `ids` of `resource`.
+    pub fn allocate(&self, pod: &str, resource: &str, ids: &[&str]) {
+        lock(&self.pods)
+            .entry(pod.into())
+            .or_default()
+            .insert(resource.into(), ids.iter().map(|s| s.to_string()).collect());
+    }
+}
+
+impl crate::devices::Devices for FakeDevices {
+    fn allocation(&self, pod: &PodInfo) -> Result<crate::devices::Allocation> {
+        *lock(&self.calls) += 1;
+        if *lock(&self.down) {
+            return Err(CniError::new(11, "kubelet PodResources: no answer"));
+        }
+        let mut a = crate::devices::Allocation {
+            source: "fake kubelet".into(),
+            ..Default::default()
+        };
+        for (res, ids) in lock(&self.pods).get(&pod.key()).into_iter().flatten() {
+            a.add(res, ids.iter().cloned());
+        }
+        Ok(a)
+    }
+}
+
 /// Pod namespaces that hold a given set of interfaces and record route changes.
 #[derive(Default)]
 pub struct FakeSandboxes {
@@ -343,7 +382,13 @@ impl Sandbox for FakeSandbox {
 /// The plugins the fixture's `binDir` holds (empty executable files: the fake
 /// executor answers for them).
 const PLUGINS: &[&str] = &[
-    "bridge", "macvlan", "tuning", "portmap", "static", "passthru",
+    "bridge",
+    "macvlan",
+    "tuning",
+    "portmap",
+    "static",
+    "passthru",
+    "host-device",
 ];
 
 /// An engine over the fakes, its directories in a temporary directory.
@@ -356,6 +401,8 @@ pub struct Fixture {
     pub cluster: Arc<FakeCluster>,
     /// The namespaces.
     pub sandboxes: Arc<FakeSandboxes>,
+    /// The kubelet.
+    pub devices: Arc<FakeDevices>,
 }
 
 impl Fixture {
@@ -373,6 +420,7 @@ impl Fixture {
             exec: Default::default(),
             cluster: Default::default(),
             sandboxes: Default::default(),
+            devices: Default::default(),
         }
     }
 
@@ -388,7 +436,8 @@ impl Fixture {
         let mut v = json!({"cniVersion": "1.0.0", "name": "plexus", "type": "plexus",
             "binDir": d.join("bin"), "cniDir": d.join("cni"), "confDir": d.join("conf"),
             "delegates": [{"cniVersion": "1.0.0", "name": "cluster", "type": "bridge"}],
-            "plexus": {"deviceInfoDir": d.join("devinfo"), "prestartDelegates": false}});
+            "plexus": {"deviceInfoDir": d.join("devinfo"), "devicePluginInfoDir": d.join("dp"),
+                       "prestartDelegates": false}});
         if let (Some(m), Some(e)) = (v.as_object_mut(), extra.as_object()) {
             for (k, x) in e {
                 m.insert(k.clone(), x.clone());
@@ -405,6 +454,7 @@ impl Fixture {
         )
         .with_exec(self.exec.clone())
         .with_sandboxes(self.sandboxes.clone())
+        .with_devices(self.devices.clone())
     }
 
     /// The engine for `extra` as the daemon makes it: it keeps its configuration in

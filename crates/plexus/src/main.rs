@@ -22,7 +22,10 @@ fn engine(req: &Request) -> Result<Engine> {
             plexus_kube::LazyKubeCluster::from_conf(&conf).map(|k| Arc::new(k) as Arc<dyn Cluster>)
         }
     };
-    Ok(Engine::new(conf, cluster))
+    // Made on first use too: only a NAD with a resourceName asks the kubelet.
+    let kubelet =
+        plexus_kubelet::KubeletDevices::new(plexus_kubelet::Settings::from_conf(&conf.plexus));
+    Ok(Engine::new(conf, cluster).with_devices(Arc::new(kubelet)))
 }
 
 /// Runs `op` on the request's engine. The process ends right after the answer is

@@ -2,6 +2,7 @@
 //! no cluster. The integration tests in crates/e2e show the same with real plugins.
 
 mod add;
+mod devices;
 mod hotplug;
 mod inspect;
 mod plan;

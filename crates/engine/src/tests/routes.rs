@@ -21,6 +21,7 @@ fn planned(ifname: &str, selection: Option<&str>) -> Planned {
         is_default: selection.is_none(),
         selection: selection.map(|s| parse_networks(s, "demo").unwrap().remove(0)),
         device_info_file: None,
+        device: None,
         auxiliary: false,
     }
 }
