@@ -177,6 +177,44 @@ fn daemonset_installs_the_shim_atomically_and_is_guaranteed() {
     }
 }
 
+/// The host path a daemon path is mounted from, when a hostPath volume holds it.
+fn host_path_of(pod: &k8s_openapi::api::core::v1::PodSpec, path: &Path) -> Option<std::path::PathBuf> {
+    let mounts = pod.containers[0].volume_mounts.as_ref()?;
+    let m = mounts
+        .iter()
+        .filter(|m| path.starts_with(&m.mount_path))
+        .max_by_key(|m| m.mount_path.len())?;
+    let vol = pod.volumes.as_ref()?.iter().find(|v| v.name == m.name)?;
+    let host = &vol.host_path.as_ref()?.path;
+    Some(Path::new(host).join(path.strip_prefix(&m.mount_path).ok()?))
+}
+
+#[test]
+fn the_kubelet_and_device_info_paths_are_the_hosts() {
+    let ds: DaemonSet = one("daemonset.yaml", "DaemonSet");
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let cm: ConfigMap = one("configmap.yaml", "ConfigMap");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&cm.data.unwrap()["daemon-config.json"]).unwrap();
+    // The engine keys as every request gets them (the daemon's overlaid on the defaults).
+    let p: plexus_engine::config::PlexusConf =
+        serde_json::from_value(cfg.get("plexus").cloned().unwrap_or_default()).unwrap();
+    for (what, path) in [
+        ("podResourcesSocket", p.pod_resources_socket.as_path()),
+        ("deviceCheckpointFile", &p.device_checkpoint_file),
+        ("devicePluginInfoDir", &p.device_plugin_info_dir),
+        // Written by the daemon, read by the delegates chrooted into the host's root: one path.
+        ("deviceInfoDir", &p.device_info_dir),
+    ] {
+        assert_eq!(
+            host_path_of(&pod, path).as_deref(),
+            Some(path),
+            "{what} {} must be the host's own path",
+            path.display()
+        );
+    }
+}
+
 #[test]
 fn the_shim_installer_works_without_any_capability() {
     // The init container's own script, run as root with every capability dropped (as its
