@@ -60,7 +60,12 @@ impl AppState {
         match &*k {
             Some(c) if *c.settings() == settings => Some(c.clone()),
             _ => {
-                let c = Arc::new(KubeletDevices::on(handle, settings));
+                let mut c = KubeletDevices::on(handle, settings);
+                if let Some(cluster) = &self.cluster {
+                    // DRA devices are mapped to NADs through the API's ResourceSlices.
+                    c = c.with_attributes(cluster.clone());
+                }
+                let c = Arc::new(c);
                 *k = Some(c.clone());
                 Some(c)
             }

@@ -178,7 +178,10 @@ fn daemonset_installs_the_shim_atomically_and_is_guaranteed() {
 }
 
 /// The host path a daemon path is mounted from, when a hostPath volume holds it.
-fn host_path_of(pod: &k8s_openapi::api::core::v1::PodSpec, path: &Path) -> Option<std::path::PathBuf> {
+fn host_path_of(
+    pod: &k8s_openapi::api::core::v1::PodSpec,
+    path: &Path,
+) -> Option<std::path::PathBuf> {
     let mounts = pod.containers[0].volume_mounts.as_ref()?;
     let m = mounts
         .iter()

@@ -308,3 +308,120 @@ fn host_device_moves_the_allocated_vf_into_the_pod_and_back_on_del() {
     assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
     ip(Some(&host), &["link", "del", &vf]);
 }
+
+/// A ResourceSlice of `driver` on `node` with `devices` as `(name, attributes)`.
+fn slice(name: &str, driver: &str, node: &str, devices: Value) -> Value {
+    json!({"metadata": {"name": name},
+           "spec": {"driver": driver, "nodeName": node,
+                    "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
+                    "devices": devices}})
+}
+
+fn cni_device(name: &str, id: &str) -> Value {
+    json!({"name": name, "attributes": {
+        "k8s.cni.cncf.io/resourceName": {"string": RES},
+        "k8s.cni.cncf.io/deviceID": {"string": id}}})
+}
+
+fn dra(thick: bool) {
+    let (mut n, api) = setup();
+    let k = kubelet(&n);
+    let rec = n.world.subdir("rec");
+    recording_nad(&api, &rec);
+    // The pod's claim got a VF and a GPU from two DRA drivers (pod_object puts the pod
+    // on node-a).
+    api.put(Resource::Pods, pod_object("demo", "p", "uid-p", Some("vf")));
+    k.claim(
+        "demo",
+        "p",
+        "app",
+        "p-net-7xk2q",
+        ["vf.example.com", "node-a", "vf-3"],
+    );
+    k.claim(
+        "demo",
+        "p",
+        "app",
+        "p-net-7xk2q",
+        ["gpu.example.com", "node-a", "gpu-0"],
+    );
+    let vf = unique("rs");
+    api.put(
+        Resource::ResourceSlices,
+        slice(
+            &format!("{vf}-a"),
+            "vf.example.com",
+            "node-a",
+            json!([
+                cni_device("vf-2", "0000:03:02.2"),
+                cni_device("vf-3", "0000:03:02.3")
+            ]),
+        ),
+    );
+    // The same pool and device names on another node: never read.
+    api.put(
+        Resource::ResourceSlices,
+        slice(
+            &format!("{vf}-b"),
+            "vf.example.com",
+            "node-b",
+            json!([cni_device("vf-3", "0000:99:00.3")]),
+        ),
+    );
+    api.put(
+        Resource::ResourceSlices,
+        slice(
+            &format!("{vf}-gpu"),
+            "gpu.example.com",
+            "node-a",
+            json!([{"name": "gpu-0", "attributes": {"model": {"string": "g1"}}}]),
+        ),
+    );
+    let daemon = thick.then(|| {
+        let d = Daemon::start(&n, json!({}));
+        n.conf = n.shim_conf();
+        d
+    });
+    api.clear_requests();
+    let att = n.attachment(0, &unique("cid"), "demo", "p", &[]);
+    n.add(&att).unwrap();
+    let calls = adds(&rec);
+    assert_eq!(
+        calls[0]["config"]["deviceID"], "0000:03:02.3",
+        "{}",
+        calls[0]["config"]
+    );
+    assert_eq!(
+        calls[0]["config"]["runtimeConfig"]["deviceID"],
+        "0000:03:02.3"
+    );
+    // One list per driver, limited to the pod's node.
+    let lists: Vec<String> = api
+        .requests()
+        .into_iter()
+        .filter(|(_, p)| p.contains("resourceslices"))
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(lists.len(), 2, "{lists:?}");
+    assert!(
+        lists
+            .iter()
+            .all(|p| p.contains("spec.nodeName%3Dnode-a") || p.contains("spec.nodeName=node-a")),
+        "{lists:?}"
+    );
+    n.del(&att).unwrap();
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    if let Some(d) = daemon {
+        d.stop();
+    }
+}
+
+#[test]
+fn thin_dra_devices_published_for_cni_are_attached_others_ignored() {
+    dra(false);
+}
+
+#[test]
+fn thick_dra_devices_published_for_cni_are_attached_others_ignored() {
+    dra(true);
+}

@@ -19,6 +19,8 @@ pub struct PodInfo {
     pub annotations: BTreeMap<String, String>,
     /// Where its annotations came from, for the messages that name them.
     pub origin: PodOrigin,
+    /// `spec.nodeName` (empty when unknown): where its DRA devices' ResourceSlices are.
+    pub node_name: String,
 }
 
 /// Where a pod's selection comes from: what an error names so the user finds what they set.

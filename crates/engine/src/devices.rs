@@ -33,6 +33,39 @@ impl Allocation {
     }
 }
 
+/// A device that dynamic resource allocation gave a pod, as the kubelet's PodResources
+/// reports it (`ClaimResource`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DraDevice {
+    /// The claim's name.
+    pub claim: String,
+    /// The DRA driver.
+    pub driver: String,
+    /// Its pool.
+    pub pool: String,
+    /// The device's name in the pool.
+    pub device: String,
+}
+
+/// The attribute of a DRA device that names the NAD resource it serves.
+pub const DRA_RESOURCE_NAME_ATTRIBUTE: &str = "k8s.cni.cncf.io/resourceName";
+/// The attribute of a DRA device that gives its device ID (a PCI address, say).
+pub const DRA_DEVICE_ID_ATTRIBUTE: &str = "k8s.cni.cncf.io/deviceID";
+
+/// What DRA drivers publish of their devices for CNI (the Kubernetes API's
+/// ResourceSlices): the attributes [`DRA_RESOURCE_NAME_ATTRIBUTE`] and
+/// [`DRA_DEVICE_ID_ATTRIBUTE`], as Multus reads them.
+pub trait DeviceAttributes: Send + Sync {
+    /// For each of `devices`, in order, its resource name and device ID when the
+    /// ResourceSlices of `node` publish both; `None` for a device published without them
+    /// (a GPU in the same claim, say).
+    fn cni_attributes(
+        &self,
+        node: &str,
+        devices: &[DraDevice],
+    ) -> Result<Vec<Option<(String, String)>>>;
+}
+
 /// Where the engine learns a pod's devices.
 pub trait Devices: Send + Sync {
     /// The devices allocated to `pod`. Errors are CNI errors naming the kubelet's

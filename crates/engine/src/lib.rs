@@ -26,6 +26,6 @@ mod tests;
 
 pub use cluster::{Cluster, EventType, PodInfo, PodOrigin};
 pub use config::NetConf;
-pub use devices::{Allocation, Device, Devices};
+pub use devices::{Allocation, Device, DeviceAttributes, Devices, DraDevice};
 pub use engine::{Engine, Request};
 pub use inspect::valid_attachments;

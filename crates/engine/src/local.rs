@@ -47,6 +47,7 @@ impl LocalCluster {
                     uid,
                     annotations,
                     origin: PodOrigin::CniArgs,
+                    node_name: String::new(),
                 })
             }
             _ => None,

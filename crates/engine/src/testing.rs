@@ -203,6 +203,7 @@ impl FakeCluster {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             origin: PodOrigin::Api,
+            node_name: "node-a".into(),
         };
         lock(&self.pods).insert((namespace.into(), name.into()), p);
     }

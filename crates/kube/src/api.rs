@@ -51,6 +51,11 @@ pub(crate) fn pod_info(p: &Pod, namespace: &str, name: &str) -> PodInfo {
         uid: p.metadata.uid.clone().unwrap_or_default(),
         annotations: p.metadata.annotations.clone().unwrap_or_default(),
         origin: plexus_engine::PodOrigin::Api,
+        node_name: p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -36,6 +36,16 @@ impl LazyKubeCluster {
     }
 }
 
+impl plexus_engine::DeviceAttributes for LazyKubeCluster {
+    fn cni_attributes(
+        &self,
+        node: &str,
+        devices: &[plexus_engine::DraDevice],
+    ) -> Result<Vec<Option<(String, String)>>> {
+        self.get()?.cni_attributes(node, devices)
+    }
+}
+
 impl Cluster for LazyKubeCluster {
     fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<PodInfo>> {
         self.get()?.get_pod(namespace, name)

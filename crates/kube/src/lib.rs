@@ -9,12 +9,14 @@
 //! `plexus.apiRetries`): Multus's hard-coded 250 ms per try fails on slow clusters.
 
 mod api;
+mod dra;
 mod lazy;
 mod thin;
 #[cfg(feature = "watch")]
 pub mod watch;
 
 pub use api::{event_object, nad_resource, Requests};
+pub use dra::resource_slices;
 pub use lazy::LazyKubeCluster;
 pub use thin::KubeCluster;
 

@@ -75,6 +75,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl plexus_engine::DeviceAttributes for KubeCluster {
+    fn cni_attributes(
+        &self,
+        node: &str,
+        devices: &[plexus_engine::DraDevice],
+    ) -> Result<Vec<Option<(String, String)>>> {
+        self.rt.block_on(self.api.cni_attributes(node, devices))
+    }
+}
+
 impl Cluster for KubeCluster {
     fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<PodInfo>> {
         let pod = self.rt.block_on(self.api.get_pod(namespace, name))?;

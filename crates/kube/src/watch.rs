@@ -58,7 +58,7 @@ pub enum ChangeKind {
 }
 
 /// Drops what Plexus never reads, so memory follows the pods of this node only (of
-/// the spec, `hostNetwork` stays: hot-plug refuses those pods).
+/// the spec, `hostNetwork` stays: hot-plug refuses those pods; and `nodeName`).
 fn trim(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
     pod.metadata.owner_references = None;
@@ -68,6 +68,7 @@ fn trim(pod: &mut Pod) {
         .take()
         .map(|s| k8s_openapi::api::core::v1::PodSpec {
             host_network: s.host_network,
+            node_name: s.node_name,
             ..Default::default()
         });
     pod.status = None;
@@ -201,6 +202,16 @@ impl DaemonCluster {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+impl plexus_engine::DeviceAttributes for DaemonCluster {
+    fn cni_attributes(
+        &self,
+        node: &str,
+        devices: &[plexus_engine::DraDevice],
+    ) -> Result<Vec<Option<(String, String)>>> {
+        self.handle.block_on(self.api.cni_attributes(node, devices))
     }
 }
 

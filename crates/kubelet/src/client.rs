@@ -6,9 +6,11 @@ use crate::pb::{GetPodResourcesRequest, ListPodResourcesRequest, PodResources};
 use hyper_util::rt::TokioIo;
 use plexus_cni::{code, CniError, Result};
 use plexus_engine::config::PlexusConf;
-use plexus_engine::{Allocation, Devices, PodInfo};
+use plexus_engine::{Allocation, DeviceAttributes, Devices, DraDevice, PodInfo};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -65,6 +67,8 @@ pub struct KubeletDevices {
     channel: Mutex<Option<Channel>>,
     /// The kubelet refused `Get` (its feature gate off, or older than 1.27): `List` only.
     get_refused: AtomicBool,
+    /// What DRA drivers publish of their devices (the ResourceSlices).
+    attributes: Option<Arc<dyn DeviceAttributes>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -79,7 +83,15 @@ impl KubeletDevices {
             rt: Rt::Own(OnceLock::new()),
             channel: Mutex::new(None),
             get_refused: AtomicBool::new(false),
+            attributes: None,
         }
+    }
+
+    /// Maps the pod's DRA devices to NAD resources through `attributes` (without it,
+    /// DRA devices are not used).
+    pub fn with_attributes(mut self, attributes: Arc<dyn DeviceAttributes>) -> KubeletDevices {
+        self.attributes = Some(attributes);
+        self
     }
 
     /// A client on `handle`'s runtime, called from blocking threads (thick mode); its
@@ -218,18 +230,30 @@ impl KubeletDevices {
     }
 }
 
-/// The devices of one pod's containers, by resource.
-fn allocation(p: Option<PodResources>, source: String) -> Allocation {
+/// The device-plugin devices of one pod's containers, by resource, and its DRA devices.
+fn allocation(p: Option<PodResources>, source: String) -> (Allocation, Vec<DraDevice>) {
     let mut a = Allocation {
         source,
         ..Default::default()
     };
+    let mut dra = BTreeSet::new();
     for c in p.into_iter().flat_map(|p| p.containers) {
         for d in c.devices {
             a.add(&d.resource_name, d.device_ids);
         }
+        // A claim shared by several containers is reported for each.
+        for r in c.dynamic_resources {
+            for cr in r.claim_resources {
+                dra.insert(DraDevice {
+                    claim: r.claim_name.clone(),
+                    driver: cr.driver_name,
+                    pool: cr.pool_name,
+                    device: cr.device_name,
+                });
+            }
+        }
     }
-    a
+    (a, dra.into_iter().collect())
 }
 
 impl Devices for KubeletDevices {
@@ -240,10 +264,26 @@ impl Devices for KubeletDevices {
             return self.read_checkpoint(pod, "no such socket");
         }
         match self.block_on(self.ask(&pod.namespace, &pod.name))? {
-            Ok(p) => Ok(allocation(
-                p,
-                format!("kubelet PodResources at {}", socket.display()),
-            )),
+            Ok(p) => {
+                let (mut a, dra) =
+                    allocation(p, format!("kubelet PodResources at {}", socket.display()));
+                if let (false, Some(attrs)) = (dra.is_empty(), &self.attributes) {
+                    // DRA: the devices a driver publishes for CNI join the resource
+                    // they name (Multus's attributes); the others (a GPU) are not ours.
+                    let found = attrs
+                        .cni_attributes(&pod.node_name, &dra)
+                        .map_err(|e| e.context(format!("pod \"{}\": DRA devices", pod.key())))?;
+                    for (d, attr) in dra.iter().zip(found) {
+                        match attr {
+                            Some((res, id)) => a.add(&res, [id]),
+                            None => tracing::debug!(driver = %d.driver, pool = %d.pool, device = %d.device,
+                                "DRA device without k8s.cni.cncf.io attributes: not a network device"),
+                        }
+                    }
+                    a.source.push_str(" and the ResourceSlices of its DRA devices");
+                }
+                Ok(a)
+            }
             Err(Failure::Unreachable(why)) => {
                 tracing::warn!(socket = %socket.display(), error = %why, "kubelet PodResources unreachable: reading the device checkpoint");
                 self.read_checkpoint(pod, &format!("unreachable ({why})"))

@@ -15,16 +15,22 @@ struct Plexus;
 fn engine(req: &Request) -> Result<Engine> {
     let conf = NetConf::parse(&req.stdin)?;
     logging::init(&conf);
+    // Made on first use too: only a NAD with a resourceName asks the kubelet.
+    let mut kubelet =
+        plexus_kubelet::KubeletDevices::new(plexus_kubelet::Settings::from_conf(&conf.plexus));
     let cluster: Option<Arc<dyn Cluster>> = match &conf.plexus.local {
         Some(local) => Some(Arc::new(LocalCluster::new(local.clone(), &req.args))),
         // Made on first use: DEL and CHECK, served from local state, never need it.
-        None => {
-            plexus_kube::LazyKubeCluster::from_conf(&conf).map(|k| Arc::new(k) as Arc<dyn Cluster>)
-        }
+        None => match plexus_kube::LazyKubeCluster::from_conf(&conf) {
+            Some(k) => {
+                let k = Arc::new(k);
+                // DRA devices are mapped to NADs through the API's ResourceSlices.
+                kubelet = kubelet.with_attributes(k.clone());
+                Some(k)
+            }
+            None => None,
+        },
     };
-    // Made on first use too: only a NAD with a resourceName asks the kubelet.
-    let kubelet =
-        plexus_kubelet::KubeletDevices::new(plexus_kubelet::Settings::from_conf(&conf.plexus));
     Ok(Engine::new(conf, cluster).with_devices(Arc::new(kubelet)))
 }
 

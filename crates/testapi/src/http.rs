@@ -78,12 +78,18 @@ fn parse_target(path: &str) -> Option<Target> {
             (Some(ns.to_string()), *plural, tail.first(), tail.get(1))
         }
         [plural] => (None, *plural, None, None),
+        [plural, name, tail @ ..] => (None, *plural, Some(name), tail.first()),
         _ => return None,
     };
     if rest.len() > 5 {
         return None;
     }
     let resource = Resource::from_path(group, version, plural)?;
+    // A cluster-scoped resource has no namespaced URL; a namespaced one's objects are
+    // reached through their namespace (lists may span all of them).
+    if resource.namespaced() == namespace.is_none() && (name.is_some() || !resource.namespaced()) {
+        return None;
+    }
     Some(Target {
         resource,
         namespace,
@@ -285,8 +291,17 @@ fn dispatch(
             ))
         }
         ("POST", None) => {
-            let ns =
-                ns.ok_or_else(|| ApiErr::new(405, "MethodNotAllowed", "create needs a namespace"))?;
+            let ns = match ns {
+                Some(ns) => ns,
+                None if !r.namespaced() => "",
+                None => {
+                    return Err(ApiErr::new(
+                        405,
+                        "MethodNotAllowed",
+                        "create needs a namespace",
+                    ))
+                }
+            };
             Ok(Reply::Json(201, store.create(r, ns, body_json(body)?)?))
         }
         ("PUT", Some(name)) if r != Resource::Events => {

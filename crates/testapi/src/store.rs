@@ -14,6 +14,8 @@ pub enum Resource {
     Events,
     /// k8s.cni.cncf.io/v1 network-attachment-definitions.
     Nads,
+    /// resource.k8s.io/v1 resourceslices (cluster-scoped): what DRA drivers publish.
+    ResourceSlices,
 }
 
 impl Resource {
@@ -23,6 +25,7 @@ impl Resource {
             ("", "v1", "pods") => Some(Resource::Pods),
             ("", "v1", "events") => Some(Resource::Events),
             ("k8s.cni.cncf.io", "v1", "network-attachment-definitions") => Some(Resource::Nads),
+            ("resource.k8s.io", "v1", "resourceslices") => Some(Resource::ResourceSlices),
             _ => None,
         }
     }
@@ -32,6 +35,7 @@ impl Resource {
         match self {
             Resource::Pods | Resource::Events => "v1",
             Resource::Nads => "k8s.cni.cncf.io/v1",
+            Resource::ResourceSlices => "resource.k8s.io/v1",
         }
     }
 
@@ -41,6 +45,7 @@ impl Resource {
             Resource::Pods => "Pod",
             Resource::Events => "Event",
             Resource::Nads => "NetworkAttachmentDefinition",
+            Resource::ResourceSlices => "ResourceSlice",
         }
     }
 
@@ -50,6 +55,7 @@ impl Resource {
             Resource::Pods => "pods",
             Resource::Events => "events",
             Resource::Nads => "network-attachment-definitions",
+            Resource::ResourceSlices => "resourceslices",
         }
     }
 
@@ -57,8 +63,14 @@ impl Resource {
     pub fn group(self) -> &'static str {
         match self {
             Resource::Nads => "k8s.cni.cncf.io",
+            Resource::ResourceSlices => "resource.k8s.io",
             _ => "",
         }
+    }
+
+    /// Objects live in a namespace (all but ResourceSlices).
+    pub fn namespaced(self) -> bool {
+        self != Resource::ResourceSlices
     }
 
     /// The resource as kube-apiserver names it in messages (`pods`, `network-attachment-definitions.k8s.cni.cncf.io`).
@@ -225,7 +237,8 @@ pub fn parse_field_selector(r: Resource, s: &str) -> Result<Vec<FieldSel>, ApiEr
             ));
         };
         let supported = matches!(f, "metadata.name" | "metadata.namespace")
-            || (r == Resource::Pods && f == "spec.nodeName");
+            || (r == Resource::Pods && f == "spec.nodeName")
+            || (r == Resource::ResourceSlices && matches!(f, "spec.nodeName" | "spec.driver"));
         if !supported {
             return Err(ApiErr::new(400, "BadRequest", format!("\"{f}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"")));
         }
@@ -355,7 +368,11 @@ impl Store {
         obj["apiVersion"] = json!(r.api_version());
         obj["kind"] = json!(r.kind());
         let meta = &mut obj["metadata"];
-        meta["namespace"] = json!(ns);
+        if r.namespaced() {
+            meta["namespace"] = json!(ns);
+        } else if let Some(m) = meta.as_object_mut() {
+            m.remove("namespace");
+        }
         meta["resourceVersion"] = json!(rv.to_string());
         match existing {
             Some(e) => {
@@ -373,11 +390,15 @@ impl Store {
     }
 
     pub(crate) fn upsert(&self, r: Resource, mut obj: Value) -> Value {
-        let ns = obj["metadata"]["namespace"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .unwrap_or("default")
-            .to_string();
+        let ns = if r.namespaced() {
+            obj["metadata"]["namespace"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("default")
+                .to_string()
+        } else {
+            String::new()
+        };
         let name = obj["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
@@ -439,7 +460,7 @@ impl Store {
             }
         }
         if let Some(bns) = obj["metadata"]["namespace"].as_str() {
-            if !bns.is_empty() && bns != ns {
+            if r.namespaced() && !bns.is_empty() && bns != ns {
                 return Err(ApiErr::new(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request"));
             }
         }
