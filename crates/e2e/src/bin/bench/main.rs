@@ -10,6 +10,7 @@ use plexus_cni::config::NetworkConfigList;
 use plexus_cni::runtime::{Attachment, Runtime};
 use plexus_e2e::meta::{nad_object, pod_object, Daemon, Node};
 use plexus_e2e::{files_below, links, unique};
+use plexus_kubelet::testing::TestKubelet;
 use plexus_testapi::{Resource, TestApiServer};
 use serde_json::{json, Value};
 use stats::{ms, summarize, Summary};
@@ -29,11 +30,13 @@ struct Args {
     /// Secondary networks per pod to measure.
     #[arg(long, value_delimiter = ',', default_value = "0,1,3,8")]
     networks: Vec<usize>,
-    /// Kinds of networks to measure: noop, bridge, macvlan, mixed.
+    /// Kinds of networks to measure: noop, device (no-op delegates of device-backed
+    /// NADs: the kubelet's PodResources asked, the device handed to the delegate),
+    /// bridge, macvlan, mixed.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "noop,bridge,macvlan,mixed"
+        default_value = "noop,device,bridge,macvlan,mixed"
     )]
     kinds: Vec<String>,
     /// Pods in flight for the churn runs.
@@ -71,6 +74,9 @@ enum Kind {
     /// Every network, the cluster one included, is a plugin that only prints a result:
     /// what remains is the meta-plugin's own cost.
     Noop,
+    /// No-op delegates of device-backed NADs (`resourceName`), each pod given its
+    /// devices by the test kubelet: the device lookup's own cost.
+    Device,
     Bridge,
     Macvlan,
     Mixed,
@@ -81,6 +87,7 @@ impl Kind {
     fn key(self) -> &'static str {
         match self {
             Kind::Noop => "noop",
+            Kind::Device => "device",
             Kind::Bridge => "bridge",
             Kind::Macvlan => "macvlan",
             Kind::Mixed => "mixed",
@@ -89,6 +96,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Noop => "no-op delegates",
+            Kind::Device => "device-backed no-op delegates",
             Kind::Bridge => "bridge+host-local",
             Kind::Macvlan => "macvlan+host-local",
             Kind::Mixed => "mixed",
@@ -98,6 +106,7 @@ impl Kind {
         (1..=k)
             .map(|i| match self {
                 Kind::Noop => format!("n{i}"),
+                Kind::Device => format!("d{i}"),
                 Kind::Bridge => format!("b{i}"),
                 Kind::Macvlan => format!("m{i}"),
                 Kind::Mixed => {
@@ -122,7 +131,12 @@ struct Bench {
     noop_thin_conf: Value,
     noop_shim_conf: Value,
     counter: AtomicUsize,
+    /// The kubelet the device kind's pods get their devices from.
+    kubelet: TestKubelet,
 }
+
+/// The resource of the device kind's NADs.
+const DEVICE_RESOURCE: &str = "bench.example/vf";
 
 /// The cluster network of the no-op kind.
 fn noop_cluster() -> Value {
@@ -131,7 +145,10 @@ fn noop_cluster() -> Value {
 }
 
 fn setup(args: &Args) -> Bench {
-    let (node, api) = Node::kube(args.churn_pods.max(1) + 1);
+    let (mut node, api) = Node::kube(args.churn_pods.max(1) + 1);
+    let socket = node.world.subdir("kubelet").join("kubelet.sock");
+    let kubelet = TestKubelet::start(&socket).expect("the test kubelet");
+    node.conf["plexus"]["podResourcesSocket"] = json!(socket);
     let ipam = node.ipam_dir();
     let mut nad_configs = BTreeMap::new();
     for k in 1..=8u32 {
@@ -148,6 +165,15 @@ fn setup(args: &Args) -> Bench {
         "ipam": {"type": "host-local", "dataDir": ipam, "ranges": [[{"subnet": "203.0.113.128/25"}]]}}));
     for (name, cfg) in &nad_configs {
         api.put(Resource::Nads, nad_object("bench", name, cfg));
+    }
+    for k in 1..=8u32 {
+        let name = format!("d{k}");
+        let cfg = json!({"cniVersion": "1.0.0", "type": "plexus-test-plugin",
+                         "ip": format!("198.51.100.{}/24", 220 + k), "capabilities": {"deviceID": true}});
+        let mut o = nad_object("bench", &name, &cfg);
+        o["metadata"]["annotations"] = json!({"k8s.v1.cni.cncf.io/resourceName": DEVICE_RESOURCE});
+        api.put(Resource::Nads, o);
+        nad_configs.insert(name, cfg);
     }
     for i in 0..args.nads {
         let cfg = json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": format!("f{i}")});
@@ -195,6 +221,7 @@ fn setup(args: &Args) -> Bench {
         noop_thin_conf,
         noop_shim_conf,
         counter: AtomicUsize::new(0),
+        kubelet,
     }
 }
 
@@ -228,7 +255,7 @@ struct Runner {
 impl Bench {
     fn runner(&self, mode: Mode, kind: Kind, other: &Option<(PathBuf, Value)>) -> Runner {
         let mut paths = self.node.rt.paths.clone();
-        let noop = kind == Kind::Noop;
+        let noop = matches!(kind, Kind::Noop | Kind::Device);
         let cluster = if noop {
             noop_cluster()
         } else {
@@ -284,6 +311,17 @@ impl Bench {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let name = format!("bench-{n}");
         let sel = networks.join(",");
+        let devices: Vec<String> = networks
+            .iter()
+            .filter(|n| n.starts_with('d'))
+            .enumerate()
+            .map(|(i, _)| format!("0000:{:02x}:{:02x}.{i}", n / 256 % 256, n % 256))
+            .collect();
+        if !devices.is_empty() {
+            let ids: Vec<&str> = devices.iter().map(String::as_str).collect();
+            self.kubelet
+                .allocate("bench", &name, "app", DEVICE_RESOURCE, &ids);
+        }
         self.api.put(
             Resource::Pods,
             pod_object(
@@ -364,6 +402,9 @@ fn latency(b: &Bench, args: &Args, modes: &[Mode], other: &Option<(PathBuf, Valu
     let mut cases: Vec<(usize, Kind)> = Vec::new();
     for &k in &args.networks {
         cases.push((k, Kind::Noop));
+        if k >= 1 {
+            cases.push((k, Kind::Device));
+        }
         cases.push((k, Kind::Bridge));
         if k >= 1 {
             cases.push((k, Kind::Macvlan));
@@ -379,7 +420,7 @@ fn latency(b: &Bench, args: &Args, modes: &[Mode], other: &Option<(PathBuf, Valu
         let modes: Vec<Mode> = modes
             .iter()
             .copied()
-            .filter(|m| !(kind == Kind::Noop && *m == Mode::Other))
+            .filter(|m| !(matches!(kind, Kind::Noop | Kind::Device) && *m == Mode::Other))
             .collect();
         let runners: Vec<Runner> = modes.iter().map(|&m| b.runner(m, kind, other)).collect();
         // One warm-up pod per mode, not counted (page cache, first exec of each plugin).
@@ -637,6 +678,7 @@ fn main() {
         (Mode::Thick, api_requests(&b, Mode::Thick)),
     ];
     daemon.stop();
+    let lookup = device_lookup(&b);
     report(
         &args,
         &lat,
@@ -651,6 +693,49 @@ fn main() {
         ),
         other.is_some(),
     );
+    println!("\n## Device lookup: one pod's devices from the kubelet's PodResources (ms; 200 calls)\n");
+    println!("| client | median | p90 | p99 | max |");
+    println!("|---|---|---|---|---|");
+    for (name, s) in lookup {
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            s.median, s.p90, s.p99, s.max
+        );
+    }
+}
+
+/// What the device lookup costs by itself, over the test kubelet's unix socket: a new
+/// client per call (thin mode: its runtime, the connection, HTTP/2's handshake, `Get`),
+/// and one client kept (thick mode: `Get` on the open connection).
+fn device_lookup(b: &Bench) -> [(&'static str, Summary); 2] {
+    let settings = plexus_kubelet::Settings {
+        socket: b.kubelet.socket().to_path_buf(),
+        checkpoint: b.node.world.subdir("kubelet").join("none"),
+        timeout: Duration::from_secs(10),
+    };
+    let pod = plexus_engine::PodInfo {
+        namespace: "bench".into(),
+        name: "lookup".into(),
+        ..Default::default()
+    };
+    b.kubelet
+        .allocate("bench", "lookup", "app", DEVICE_RESOURCE, &["0000:03:02.0"]);
+    let call = |c: &plexus_kubelet::KubeletDevices| {
+        let t = Instant::now();
+        let a = plexus_engine::Devices::allocation(c, &pod).expect("the test kubelet answers");
+        assert_eq!(a.resources[DEVICE_RESOURCE].len(), 1);
+        ms(t.elapsed())
+    };
+    let fresh: Vec<f64> = (0..200)
+        .map(|_| call(&plexus_kubelet::KubeletDevices::new(settings.clone())))
+        .collect();
+    let kept_client = plexus_kubelet::KubeletDevices::new(settings);
+    call(&kept_client);
+    let kept: Vec<f64> = (0..200).map(|_| call(&kept_client)).collect();
+    [
+        ("new client per call (thin)", summarize(&fresh)),
+        ("one client kept (thick)", summarize(&kept)),
+    ]
 }
 
 fn report(
