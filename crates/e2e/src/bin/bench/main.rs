@@ -693,7 +693,9 @@ fn main() {
         ),
         other.is_some(),
     );
-    println!("\n## Device lookup: one pod's devices from the kubelet's PodResources (ms; 200 calls)\n");
+    println!(
+        "\n## Device lookup: one pod's devices from the kubelet's PodResources (ms; 200 calls)\n"
+    );
     println!("| client | median | p90 | p99 | max |");
     println!("|---|---|---|---|---|");
     for (name, s) in lookup {
