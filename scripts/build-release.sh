@@ -10,7 +10,7 @@
 # stay as they are); see docs/benchmarks.md for what this saves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p plexus-daemon -p plexus-e2e "$@"
+cargo build --release --locked -p plexus-daemon -p plexus-e2e -p plexus-conformance "$@"
 for bin in plexus plexus-shim; do
   cargo rustc --release --locked -p "$bin" --bin "$bin" "$@" -- \
     -C target-feature=+crt-static -C relocation-model=static

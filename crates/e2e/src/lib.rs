@@ -294,9 +294,15 @@ pub fn try_kill_9(pid: u64) -> bool {
         .success()
 }
 
+/// The recording test plugin (plexus-conformance's `plexus-test-plugin`), built next to
+/// the other binaries of the workspace.
+pub fn test_plugin() -> PathBuf {
+    meta::plexus_bin().with_file_name("plexus-test-plugin")
+}
+
 /// The directory holding the test plugin binary and the reference plugins, for `CNI_PATH`.
-pub fn plugin_paths(test_plugin: &str) -> Vec<PathBuf> {
-    let own = Path::new(test_plugin)
+pub fn plugin_paths(test_plugin: &Path) -> Vec<PathBuf> {
+    let own = test_plugin
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();

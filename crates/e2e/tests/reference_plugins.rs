@@ -12,10 +12,7 @@ use serde_json::{json, Map};
 use std::path::Path;
 
 fn runtime(w: &World) -> Runtime {
-    Runtime::new(
-        plugin_paths(env!("CARGO_BIN_EXE_plexus-test-plugin")),
-        Some(w.subdir("cache")),
-    )
+    Runtime::new(plugin_paths(&test_plugin()), Some(w.subdir("cache")))
 }
 
 fn attachment(w: &World, i: usize, ifname: &str) -> Attachment {

@@ -12,10 +12,8 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const PLUGIN: &str = env!("CARGO_BIN_EXE_plexus-test-plugin");
-
 fn runtime(cache: &Path) -> Runtime {
-    Runtime::new(plugin_paths(PLUGIN), Some(cache.to_path_buf()))
+    Runtime::new(plugin_paths(&test_plugin()), Some(cache.to_path_buf()))
 }
 
 fn list(version: &str, rec: &Path, extra: Value) -> NetworkConfigList {
@@ -377,7 +375,7 @@ fn plugins_started_ahead_act_only_on_their_turn_and_are_killed_when_unused() {
     std::fs::create_dir_all(&bin_dir).unwrap();
     let name = unique("ahead");
     let bin = bin_dir.join(&name);
-    std::fs::copy(PLUGIN, &bin).unwrap();
+    std::fs::copy(test_plugin(), &bin).unwrap();
     let mut rt = Runtime::new(vec![bin_dir.clone()], Some(d.cache.clone()));
     rt.prestart_chained = true;
 

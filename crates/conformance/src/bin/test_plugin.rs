@@ -1,10 +1,13 @@
-//! A fake delegate for tests. It records every call (command, CNI_* variables, the
+//! The recording delegate of the conformance suite and of the tests. It records every call (command, CNI_* variables, the
 //! configuration it got, its pid and its parent's) as one JSON line in `recordDir/calls.jsonl`, and behaves as
 //! its configuration's `behavior` says: `ok` (default), `error` (prints a CNI error
 //! with `errorCode`), `garbage` (prints non-JSON and exits 0), `crash` (prints garbage,
 //! writes to stderr, exits 3), `hang` (sleeps), `silent` (ADD prints nothing).
-//! `failOn`/`hangOn` apply `error`/`hang` to one command only. STATUS fails with
-//! `statusCode` when set. It uses the plugin skeleton of plexus-cni.
+//! `failOn`/`hangOn` apply `error`/`hang` to one command only (`failOn` only while the
+//! file `failWhileExists` names exists, when given). STATUS fails with
+//! `statusCode` when set. With `passThrough` and a `prevResult`, ADD returns the previous
+//! result unchanged (a plugin chained only to watch). It uses the plugin skeleton of
+//! plexus-cni.
 
 use plexus_cni::plugin::{dispatch, Plugin, Request};
 use plexus_cni::result::CniResult;
@@ -43,6 +46,10 @@ impl Plugin for TestPlugin {
             }
             std::fs::write(path, info.to_string())
                 .map_err(|e| CniError::io(format!("{path}: {e}")))?;
+        }
+        // `passThrough`: a plugin chained only to watch: the previous result, unchanged.
+        if let (Some(p), true) = (&prev, req.config["passThrough"] == true) {
+            return Ok(p.clone());
         }
         let ip = req
             .config
@@ -111,8 +118,14 @@ fn main() {
             .and_then(Value::as_str)
             .unwrap_or("ok")
     };
-    // `failOn`: fail only this command (e.g. a DEL that cannot complete).
-    if config.get("failOn").and_then(Value::as_str) == Some(command) {
+    // `failOn`: fail only this command (e.g. a DEL that cannot complete); with
+    // `failWhileExists`, only while that file exists (a failure that goes away).
+    if config.get("failOn").and_then(Value::as_str) == Some(command)
+        && config
+            .get("failWhileExists")
+            .and_then(Value::as_str)
+            .is_none_or(|f| std::path::Path::new(f).exists())
+    {
         behavior = "error";
     }
     // `hangOn`: hang only on this command (an ADD stuck while DEL still works).
