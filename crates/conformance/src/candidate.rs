@@ -293,3 +293,69 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, body: &str) -> PathBuf {
+        let f = dir.join("c.json");
+        std::fs::write(&f, body).unwrap_or_default();
+        f
+    }
+
+    #[test]
+    fn placeholders_and_relative_paths() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let f = write(
+            dir.path(),
+            r#"{"name": "x", "path": ["bin", "@EXEDIR@"],
+            "plugin": {"type": "x", "kubeconfig": "@KUBECONFIG@", "l": ["@NODE@-@STATEDIR@"]},
+            "daemon": {"command": ["@EXEDIR@/d", "@RUNDIR@/c"], "files": {"c": {"k": "@CLUSTER@"}}}}"#,
+        );
+        let c = CandidateFile::load(&f).unwrap_or_else(|e| panic!("{e}"));
+        let p = Placeholders {
+            kubeconfig: "/k".into(),
+            state_dir: "/s".into(),
+            run_dir: "/r".into(),
+            cluster: "/c.conflist".into(),
+            bin_dir: "/b".into(),
+            node: "n".into(),
+            exe_dir: "/e".into(),
+        };
+        let r = c.resolve(&p, Path::new("/base"));
+        assert_eq!(r.plugin["kubeconfig"], "/k");
+        assert_eq!(r.plugin["l"][0], "n-/s");
+        assert_eq!(r.path, [PathBuf::from("/base/bin"), PathBuf::from("/e")]);
+        assert_eq!(r.cni_version, "1.1.0");
+        let d = r.daemon.unwrap_or_else(|| panic!("daemon"));
+        assert_eq!(d.command, ["/e/d", "/r/c"]);
+        assert_eq!(d.files["c"]["k"], "/c.conflist");
+    }
+
+    #[test]
+    fn bad_files_name_the_field() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        for (body, want) in [
+            (r#"{"name": "x", "plugin": {}}"#, "\"type\""),
+            (
+                r#"{"name": "x", "plugin": {"type": "x"}, "oops": 1}"#,
+                "oops",
+            ),
+            (
+                r#"{"name": "x", "plugin": {"type": "x"}, "daemon": {"command": []}}"#,
+                "daemon.command",
+            ),
+            (
+                r#"{"name": "x", "plugin": {"type": "x"}, "daemon": {"command": ["d"], "files": {"../x": 1}}}"#,
+                "../x",
+            ),
+            ("not json", "candidate file"),
+        ] {
+            let e = CandidateFile::load(&write(dir.path(), body))
+                .err()
+                .unwrap_or_else(|| panic!("{body} loaded"));
+            assert!(format!("{e:#}").contains(want), "{body}: {e:#}");
+        }
+    }
+}

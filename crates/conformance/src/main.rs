@@ -49,6 +49,12 @@ struct Args {
     markdown: Option<PathBuf>,
 }
 
+/// Prints a line; a closed stdout (`| head`) ends the output, not the program.
+fn out(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
 fn matches(pattern: &str, id: &str) -> bool {
     match pattern.strip_suffix('*') {
         Some(prefix) => id.starts_with(prefix),
@@ -66,7 +72,7 @@ fn main() -> ExitCode {
         .collect();
     if args.list {
         for r in &chosen {
-            println!("{:<50} {:<6} {}", r.id, r.level.as_str(), r.text);
+            out(&format!("{:<50} {:<6} {}", r.id, r.level.as_str(), r.text));
         }
         return ExitCode::SUCCESS;
     }
@@ -112,9 +118,9 @@ fn run(args: &Args, chosen: &[&Requirement]) -> anyhow::Result<bool> {
         chosen.len(),
         file.name
     );
-    let results = suite::run(&env, chosen, &mut |r| println!("{}", report::line(r)));
+    let results = suite::run(&env, chosen, &mut |r| out(&report::line(r)));
     drop(env);
-    println!("\n{}", report::summary(&file.name, &results));
+    out(&format!("\n{}", report::summary(&file.name, &results)));
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     if let Some(p) = &args.json {
         std::fs::write(
