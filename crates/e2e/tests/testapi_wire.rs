@@ -275,3 +275,155 @@ fn ecdsa_and_plain_servers() {
         assert!(rt.block_on(pods.get_opt("p")).unwrap().is_none());
     }
 }
+
+/// `curl` against the server: method, path, extra headers, body file; (status, content
+/// type, body bytes).
+fn curl(
+    api: &TestApiServer,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: Option<&[u8]>,
+) -> (u16, String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, api.ca_pem().unwrap()).unwrap();
+    let out_file = dir.path().join("out");
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "-X", method, "--cacert"])
+        .arg(&ca)
+        .args(["-H", &format!("Authorization: Bearer {}", api.token())])
+        .args(["-o"])
+        .arg(&out_file)
+        .args(["-w", "%{http_code} %{content_type}"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    if let Some(b) = body {
+        let f = dir.path().join("body");
+        std::fs::write(&f, b).unwrap();
+        cmd.arg("--data-binary").arg(format!("@{}", f.display()));
+    }
+    let out = cmd.arg(format!("{}{path}", api.url())).output().unwrap();
+    let meta = String::from_utf8_lossy(&out.stdout).to_string();
+    let (code, ct) = meta.split_once(' ').unwrap_or((&meta, ""));
+    (
+        code.parse().unwrap_or(0),
+        ct.to_string(),
+        std::fs::read(&out_file).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn kubernetes_protobuf_for_built_in_types_json_for_custom_resources() {
+    use plexus_testapi::protobuf;
+    let api = TestApiServer::start();
+    let stored = api.put(
+        Resource::Pods,
+        json!({"metadata": {"name": "p", "namespace": "ns", "annotations": {"a": "1"}},
+               "spec": {"nodeName": "n", "containers": [{"name": "c", "image": "i",
+                        "resources": {"limits": {"cpu": "250m"}}}]}}),
+    );
+    const PB: &str = "application/vnd.kubernetes.protobuf";
+    // A Go client's GET: protobuf preferred, JSON accepted.
+    let (code, ct, body) = curl(
+        &api,
+        "GET",
+        "/api/v1/namespaces/ns/pods/p",
+        &[&format!("Accept: {PB}, application/json")],
+        None,
+    );
+    assert_eq!((code, ct.as_str()), (200, PB));
+    assert!(body.starts_with(b"k8s\0"));
+    assert_eq!(protobuf::decode(Resource::Pods, &body).unwrap(), stored);
+    // The status update Multus sends: PUT pods/status with a protobuf body.
+    let mut next = stored.clone();
+    next["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"] = json!("[]");
+    next["status"] = json!({"phase": "Running"});
+    let pb = protobuf::encode(Resource::Pods, &next, false)
+        .unwrap()
+        .unwrap();
+    let (code, _, _) = curl(
+        &api,
+        "PUT",
+        "/api/v1/namespaces/ns/pods/p/status",
+        &[&format!("Content-Type: {PB}")],
+        Some(&pb),
+    );
+    assert_eq!(code, 200);
+    let now = api.get(Resource::Pods, "ns", "p").unwrap();
+    assert_eq!(
+        now["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"],
+        "[]"
+    );
+    assert_eq!(now["status"]["phase"], "Running");
+    assert_eq!(
+        now["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+        "250m"
+    );
+    // Lists in protobuf; events created from protobuf.
+    let (code, ct, body) = curl(
+        &api,
+        "GET",
+        "/api/v1/namespaces/ns/pods",
+        &[&format!("Accept: {PB}")],
+        None,
+    );
+    assert_eq!((code, ct.as_str()), (200, PB));
+    assert!(body.starts_with(b"k8s\0") && body.windows(7).any(|w| w == b"PodList"));
+    let ev = json!({"metadata": {"name": "e1", "namespace": "ns"}, "reason": "AddedInterface",
+                    "involvedObject": {"kind": "Pod", "name": "p", "namespace": "ns"},
+                    "firstTimestamp": "2026-12-06T10:00:00Z", "count": 1, "type": "Normal"});
+    let pb = protobuf::encode(Resource::Events, &ev, false)
+        .unwrap()
+        .unwrap();
+    let (code, _, _) = curl(
+        &api,
+        "POST",
+        "/api/v1/namespaces/ns/events",
+        &[&format!("Content-Type: {PB}")],
+        Some(&pb),
+    );
+    assert_eq!(code, 201);
+    let e = api.get(Resource::Events, "ns", "e1").unwrap();
+    assert_eq!(
+        (e["reason"].as_str(), e["firstTimestamp"].as_str()),
+        (Some("AddedInterface"), Some("2026-12-06T10:00:00Z"))
+    );
+    // Custom resources: JSON only, as kube-apiserver serves them.
+    api.put(
+        Resource::Nads,
+        json!({"metadata": {"name": "n", "namespace": "ns"}, "spec": {"config": "{}"}}),
+    );
+    let (code, ct, _) = curl(
+        &api,
+        "GET",
+        "/apis/k8s.cni.cncf.io/v1/namespaces/ns/network-attachment-definitions/n",
+        &[&format!("Accept: {PB}, application/json")],
+        None,
+    );
+    assert_eq!((code, ct.as_str()), (200, "application/json"));
+    let (code, _, body) = curl(
+        &api,
+        "POST",
+        "/apis/k8s.cni.cncf.io/v1/namespaces/ns/network-attachment-definitions",
+        &[&format!("Content-Type: {PB}")],
+        Some(b"k8s\0"),
+    );
+    assert_eq!(code, 415, "{}", String::from_utf8_lossy(&body));
+    // A body that is not protobuf: 400 with a Status, nothing changed.
+    let (code, _, body) = curl(
+        &api,
+        "PUT",
+        "/api/v1/namespaces/ns/pods/p/status",
+        &[&format!("Content-Type: {PB}")],
+        Some(b"k8s\0\x0a\xff\xff\xff"),
+    );
+    assert_eq!(code, 400);
+    let st: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(st["reason"], "BadRequest");
+    assert_eq!(
+        api.get(Resource::Pods, "ns", "p").unwrap()["status"]["phase"],
+        "Running"
+    );
+}

@@ -157,6 +157,23 @@ async fn handle(
         return not_found_path();
     };
     match dispatch(&store, &method, &t, &query, &headers, &body) {
+        Ok(Reply::Json(code, v)) if code < 300 && wants_protobuf(&headers) => {
+            let list = v["kind"].as_str().is_some_and(|k| k.ends_with("List"));
+            match crate::protobuf::encode(t.resource, &v, list) {
+                Some(Ok(bytes)) => {
+                    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+                    (
+                        status,
+                        [(header::CONTENT_TYPE, crate::protobuf::MEDIA_TYPE)],
+                        bytes,
+                    )
+                        .into_response()
+                }
+                Some(Err(e)) => error(e),
+                // Custom resources: JSON, as kube-apiserver answers.
+                None => json_response(code, &v),
+            }
+        }
         Ok(Reply::Json(code, v)) => json_response(code, &v),
         Ok(Reply::Watch(events, rx, filter, timeout)) => {
             watch_response(events, rx, filter, timeout)
@@ -193,6 +210,39 @@ impl Filter {
                 .is_none_or(|n| e.object["metadata"]["namespace"] == n)
             && store::matches(&e.object, &self.sel)
     }
+}
+
+/// True when the request's Content-Type is Kubernetes protobuf.
+fn is_protobuf(value: Option<&axum::http::HeaderValue>) -> bool {
+    value
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with(crate::protobuf::MEDIA_TYPE))
+}
+
+/// A create or update body: Kubernetes protobuf for the built-in types (what Go
+/// clients send), JSON otherwise.
+fn request_body(r: Resource, headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiErr> {
+    if is_protobuf(headers.get(header::CONTENT_TYPE)) {
+        return crate::protobuf::decode(r, body);
+    }
+    body_json(body)
+}
+
+/// True when the client prefers Kubernetes protobuf (its Accept lists it before JSON).
+fn wants_protobuf(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    accept
+        .split(',')
+        .map(|m| m.trim())
+        .find(|m| {
+            m.starts_with("application/json")
+                || m.starts_with(crate::protobuf::MEDIA_TYPE)
+                || m.starts_with("*/*")
+        })
+        .is_some_and(|m| m.starts_with(crate::protobuf::MEDIA_TYPE))
 }
 
 fn body_json(body: &Bytes) -> Result<Value, ApiErr> {
@@ -302,10 +352,13 @@ fn dispatch(
                     ))
                 }
             };
-            Ok(Reply::Json(201, store.create(r, ns, body_json(body)?)?))
+            Ok(Reply::Json(
+                201,
+                store.create(r, ns, request_body(r, headers, body)?)?,
+            ))
         }
         ("PUT", Some(name)) if r != Resource::Events => {
-            let obj = body_json(body)?;
+            let obj = request_body(r, headers, body)?;
             if !obj.is_object() {
                 return Err(ApiErr::new(
                     400,

@@ -22,6 +22,7 @@
 
 mod http;
 mod pki;
+pub mod protobuf;
 mod store;
 
 pub use pki::{ClientCredentials, KeyKind, User};

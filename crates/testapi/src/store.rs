@@ -16,6 +16,8 @@ pub enum Resource {
     Nads,
     /// resource.k8s.io/v1 resourceslices (cluster-scoped): what DRA drivers publish.
     ResourceSlices,
+    /// core/v1 namespaces (cluster-scoped).
+    Namespaces,
 }
 
 impl Resource {
@@ -26,6 +28,7 @@ impl Resource {
             ("", "v1", "events") => Some(Resource::Events),
             ("k8s.cni.cncf.io", "v1", "network-attachment-definitions") => Some(Resource::Nads),
             ("resource.k8s.io", "v1", "resourceslices") => Some(Resource::ResourceSlices),
+            ("", "v1", "namespaces") => Some(Resource::Namespaces),
             _ => None,
         }
     }
@@ -33,7 +36,7 @@ impl Resource {
     /// `apiVersion` of its objects.
     pub fn api_version(self) -> &'static str {
         match self {
-            Resource::Pods | Resource::Events => "v1",
+            Resource::Pods | Resource::Events | Resource::Namespaces => "v1",
             Resource::Nads => "k8s.cni.cncf.io/v1",
             Resource::ResourceSlices => "resource.k8s.io/v1",
         }
@@ -46,6 +49,7 @@ impl Resource {
             Resource::Events => "Event",
             Resource::Nads => "NetworkAttachmentDefinition",
             Resource::ResourceSlices => "ResourceSlice",
+            Resource::Namespaces => "Namespace",
         }
     }
 
@@ -56,6 +60,7 @@ impl Resource {
             Resource::Events => "events",
             Resource::Nads => "network-attachment-definitions",
             Resource::ResourceSlices => "resourceslices",
+            Resource::Namespaces => "namespaces",
         }
     }
 
@@ -68,9 +73,9 @@ impl Resource {
         }
     }
 
-    /// Objects live in a namespace (all but ResourceSlices).
+    /// Objects live in a namespace (all but ResourceSlices and Namespaces).
     pub fn namespaced(self) -> bool {
-        self != Resource::ResourceSlices
+        !matches!(self, Resource::ResourceSlices | Resource::Namespaces)
     }
 
     /// The resource as kube-apiserver names it in messages (`pods`, `network-attachment-definitions.k8s.cni.cncf.io`).
