@@ -11,7 +11,7 @@ cargo fmt --all -- --check
 cargo clippy "${locked[@]}" --workspace --all-targets -- -D warnings
 ./scripts/check-deps.sh
 # Every binary first: integration tests execute plexus, plexus-shim, plexusd and the test plugin.
-cargo build "${locked[@]}" --workspace --bins
+cargo build "${locked[@]}" --workspace --bins --examples
 cargo test "${locked[@]}" --workspace --all-targets 2>&1 | tee target/test-output.log
 # The engine's logic is tested over fakes: its unit tests must pass without root too.
 engine_tests=$(cargo test "${locked[@]}" -p plexus-engine --lib --no-run --message-format=json 2>/dev/null \

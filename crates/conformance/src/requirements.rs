@@ -517,7 +517,13 @@ fn list_version_and_name(ctx: &mut Ctx) -> Result<()> {
     let a = ctx.nad("a", list)?;
     let pod = ctx.pod(Some(&a))?;
     ctx.add_ok(&pod)?;
-    for c in adds_on(ctx, &pod, "net1") {
+    let calls = adds_on(ctx, &pod, "net1");
+    ensure!(
+        calls.len() == 2,
+        "the list's plugins ran {} times",
+        calls.len()
+    );
+    for c in calls {
         ensure!(
             c["config"]["cniVersion"] == "0.4.0",
             "a plugin got cniVersion {}",

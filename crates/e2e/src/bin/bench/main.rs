@@ -773,14 +773,14 @@ fn report(
     println!(
         "| networks | kind | thin ADD | thin DEL | thick ADD | thick DEL |{}",
         if with_other {
-            " other ADD | plexus thin / other (ADD) |"
+            " other ADD | overhead thin / other | overhead thick / other |"
         } else {
             ""
         }
     );
     println!(
         "|---|---|---|---|---|---|{}",
-        if with_other { "---|---|" } else { "" }
+        if with_other { "---|---|---|" } else { "" }
     );
     let keys: Vec<(usize, Kind)> = lat
         .keys()
@@ -809,11 +809,27 @@ fn report(
         );
         if with_other {
             let o = get(Mode::Other);
-            print!(
-                " {} | {:.2} |",
-                cell(&o.adds, &base.adds),
-                thin.add().median / o.add().median.max(0.001)
-            );
+            if o.adds.is_empty() {
+                // Not measured for this kind (the no-op kind's cluster network is not
+                // the one the other plugin's configuration names).
+                print!(" — | — | — |");
+            } else {
+                // The ratio of the overheads (paired medians), as the targets state them.
+                let other = paired_median(&o.adds, &base.adds);
+                let ratio = |m: &[f64]| {
+                    if other > 0.0 {
+                        format!("{:.2}", paired_median(m, &base.adds) / other)
+                    } else {
+                        "—".to_string()
+                    }
+                };
+                print!(
+                    " {} | {} | {} |",
+                    cell(&o.adds, &base.adds),
+                    ratio(&thin.adds),
+                    ratio(&thick.adds)
+                );
+            }
         }
         println!();
     }
