@@ -185,7 +185,12 @@ fn check_isolation(
     sel: &NetworkSelection,
 ) -> Result<()> {
     let ns = &sel.network.namespace;
-    if conf.namespace_isolation && ns != &pod.namespace && !conf.global_namespaces().contains(ns) {
+    if !plexus_npwg::names::isolation_allows(
+        conf.namespace_isolation,
+        &pod.namespace,
+        ns,
+        &conf.global_namespaces(),
+    ) {
         return Err(CniError::invalid_config(format!(
             "pod \"{}\": namespace isolation enabled, {} violates permission: pod is in namespace {} but {} refers to target namespace {ns} (network \"{}\")",
             pod.key(),

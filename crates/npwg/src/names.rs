@@ -44,6 +44,21 @@ impl std::fmt::Display for ObjectRef {
     }
 }
 
+/// `namespaceIsolation` (NPWG §7.4): whether a pod in `pod_namespace` may use a network
+/// of `target_namespace`. With isolation on, only its own namespace and the global ones
+/// (`globalNamespaces`) are allowed. The CNI plugin and the admission webhook both ask
+/// this, so they give the same verdicts.
+pub fn isolation_allows(
+    enabled: bool,
+    pod_namespace: &str,
+    target_namespace: &str,
+    global_namespaces: &[String],
+) -> bool {
+    !enabled
+        || target_namespace == pod_namespace
+        || global_namespaces.iter().any(|g| g == target_namespace)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +82,11 @@ mod tests {
             assert!(!is_dns1123_label(bad), "{bad}");
         }
         assert!(is_dns1123_subdomain("macvlan.conf"));
+        let g = vec!["default".to_string()];
+        assert!(isolation_allows(false, "a", "b", &g));
+        assert!(isolation_allows(true, "a", "a", &g));
+        assert!(isolation_allows(true, "a", "default", &g));
+        assert!(!isolation_allows(true, "a", "b", &g));
         assert!(!is_dns1123_subdomain("a..b"));
     }
 }
