@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "k8s.io/api/core/v1/generated.proto",
         "k8s.io/api/resource/v1/generated.proto",
+        "k8s.io/api/rbac/v1/generated.proto",
+        "k8s.io/api/authorization/v1/generated.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(files, ["proto"])?;

@@ -29,6 +29,10 @@ struct Args {
     /// Pods naming a NAD that does not exist: warn (admit) or deny.
     #[arg(long, value_parser = ["warn", "deny"])]
     missing_networks: Option<String>,
+    /// Access control: a pod may use a NAD only when its creator or its service account
+    /// is allowed the verb `use` on it (RBAC, asked with SubjectAccessReviews).
+    #[arg(long)]
+    access_control: bool,
     /// A kubeconfig (the in-cluster configuration otherwise).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -53,6 +57,9 @@ fn main() -> anyhow::Result<()> {
         Some("deny") => policy.missing_networks = Missing::Deny,
         Some(_) => policy.missing_networks = Missing::Warn,
         None => {}
+    }
+    if args.access_control {
+        policy.access_control = true;
     }
     let tls = tls_config(&args.tls_cert_file, &args.tls_key_file)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -1,7 +1,7 @@
 //! `admission.k8s.io/v1` AdmissionReview: the request as the API server sends it, the
 //! answer it expects (allowed or a Status, warnings, a JSONPatch).
 
-use crate::rules::{self, NadSource, Policy, Verdict};
+use crate::rules::{self, AccessSource, NadSource, Policy, Subject, Verdict};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
@@ -35,6 +35,8 @@ pub struct Request {
     pub old_object: Option<Value>,
     /// `request.namespace` (filled into the object when it has none: a create).
     pub namespace: String,
+    /// `request.userInfo`: who asks.
+    pub user: Subject,
 }
 
 /// Parses an AdmissionReview body.
@@ -76,22 +78,61 @@ pub fn parse(body: &[u8]) -> Result<Request, BadReview> {
         object,
         old_object: r.get("oldObject").filter(|o| o.is_object()).cloned(),
         namespace,
+        user: Subject {
+            user: s(&r["userInfo"]["username"]),
+            groups: r["userInfo"]["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|g| g.as_str().map(str::to_string))
+                .collect(),
+        },
     })
 }
 
-/// The verdict of `hook` on `req`.
-pub fn decide(hook: Hook, req: &Request, policy: &Policy, nads: &dyn NadSource) -> Verdict {
+/// True when an update leaves the pod's network annotations as they were.
+pub fn networks_unchanged(req: &Request) -> bool {
+    let ann = |o: &Value, k: &str| o["metadata"]["annotations"][k].as_str().map(str::to_string);
+    req.old_object.as_ref().is_some_and(|old| {
+        [
+            plexus_npwg::NETWORKS_ANNOTATION,
+            plexus_npwg::DEFAULT_NETWORK_ANNOTATION,
+        ]
+        .iter()
+        .all(|k| ann(&req.object, k) == ann(old, k))
+    })
+}
+
+/// The verdict of `hook` on `req`; an error when access could not be checked (the
+/// webhook then fails, and the API server applies the configuration's failurePolicy).
+pub fn decide(
+    hook: Hook,
+    req: &Request,
+    policy: &Policy,
+    nads: &dyn NadSource,
+    access: &dyn AccessSource,
+) -> Result<Verdict, String> {
     let skip = Verdict {
         allowed: true,
         ..Default::default()
     };
     if !req.sub_resource.is_empty() || !matches!(req.operation.as_str(), "CREATE" | "UPDATE") {
-        return skip;
+        return Ok(skip);
     }
-    match (hook, req.kind.as_str()) {
+    Ok(match (hook, req.kind.as_str()) {
         (Hook::Validate, "NetworkAttachmentDefinition") => rules::review_nad(&req.object),
         (Hook::Validate, "Pod") => {
-            rules::review_pod(&req.object, req.old_object.as_ref(), policy, nads)
+            let v = rules::review_pod(&req.object, req.old_object.as_ref(), policy, nads);
+            if v.allowed && policy.access_control && !networks_unchanged(req) {
+                let a = rules::review_access(&req.object, policy, &req.user, access)?;
+                if !a.allowed {
+                    return Ok(Verdict {
+                        warnings: v.warnings,
+                        ..a
+                    });
+                }
+            }
+            v
         }
         (Hook::Mutate, "Pod") if req.operation == "CREATE" => Verdict {
             allowed: true,
@@ -99,7 +140,7 @@ pub fn decide(hook: Hook, req: &Request, policy: &Policy, nads: &dyn NadSource) 
             ..Default::default()
         },
         _ => skip,
-    }
+    })
 }
 
 /// The AdmissionReview answering `uid` with `v`.
@@ -144,7 +185,7 @@ mod tests {
                         "operation": "CREATE", "namespace": "ns",
                         "object": {"metadata": {"name": "mv"}, "spec": {"config": "{bad"}}}});
         let req = parse(body.to_string().as_bytes()).unwrap();
-        let v = decide(Hook::Validate, &req, &Policy::default(), &NoNads);
+        let v = decide(Hook::Validate, &req, &Policy::default(), &NoNads, &NoNads).unwrap();
         let r = response(&req.uid, &v);
         assert_eq!(r["response"]["allowed"], false);
         assert_eq!(r["response"]["status"]["code"], 403);
@@ -158,6 +199,10 @@ mod tests {
         // DELETE and subresources are not reviewed.
         let mut d = req.clone();
         d.operation = "DELETE".into();
-        assert!(decide(Hook::Validate, &d, &Policy::default(), &NoNads).allowed);
+        assert!(
+            decide(Hook::Validate, &d, &Policy::default(), &NoNads, &NoNads)
+                .unwrap()
+                .allowed
+        );
     }
 }

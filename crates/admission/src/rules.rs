@@ -37,6 +37,9 @@ pub struct Policy {
     pub multus_namespace: String,
     /// Pods naming a NAD that does not exist.
     pub missing_networks: Missing,
+    /// A pod may use a NAD only when its creator or its service account may `use` it
+    /// (RBAC, through SubjectAccessReviews).
+    pub access_control: bool,
 }
 
 impl Default for Policy {
@@ -46,6 +49,7 @@ impl Default for Policy {
             global_namespaces: String::new(),
             multus_namespace: "kube-system".into(),
             missing_networks: Missing::Warn,
+            access_control: false,
         }
     }
 }
@@ -81,6 +85,90 @@ impl NadSource for NoNads {
     fn nad(&self, _: &str, _: &str) -> Result<Option<Nad>, String> {
         Err("no NAD source".into())
     }
+}
+
+impl AccessSource for NoNads {
+    fn may_use(&self, _: &Subject, _: &str, _: &str) -> Result<bool, String> {
+        Err("no access source".into())
+    }
+}
+
+/// Someone RBAC is asked about: a user and its groups.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Subject {
+    /// The user name.
+    pub user: String,
+    /// Its groups.
+    pub groups: Vec<String>,
+}
+
+impl Subject {
+    /// The pod's service account (`spec.serviceAccountName`, else `default`), with the
+    /// groups the API server gives service accounts.
+    pub fn service_account_of(pod: &Value) -> Subject {
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        let sa = pod["spec"]["serviceAccountName"]
+            .as_str()
+            .or_else(|| pod["spec"]["serviceAccount"].as_str())
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default");
+        Subject {
+            user: format!("system:serviceaccount:{ns}:{sa}"),
+            groups: vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{ns}"),
+                "system:authenticated".into(),
+            ],
+        }
+    }
+}
+
+/// The verb a pod's use of a NAD is authorized as.
+pub const USE_VERB: &str = "use";
+
+/// Where RBAC's answers come from (SubjectAccessReviews).
+pub trait AccessSource {
+    /// May `who` use the NAD `namespace/name`? An error when it cannot be known.
+    fn may_use(&self, who: &Subject, namespace: &str, name: &str) -> Result<bool, String>;
+}
+
+/// The networks whose use needs authorization: those the pod's annotations name.
+pub fn access_checks(obj: &Value, policy: &Policy) -> Vec<ObjectRef> {
+    let mut v: Vec<ObjectRef> = pod_networks(obj, policy)
+        .map(|n| n.into_iter().map(|(_, s)| s.network).collect())
+        .unwrap_or_default();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Access control (opt in): every NAD the pod names must be usable by its creator or
+/// by its service account.
+pub fn review_access(
+    obj: &Value,
+    policy: &Policy,
+    requester: &Subject,
+    access: &dyn AccessSource,
+) -> Result<Verdict, String> {
+    let sa = Subject::service_account_of(obj);
+    for nad in access_checks(obj, policy) {
+        let ok = access.may_use(requester, &nad.namespace, &nad.name)?
+            || access.may_use(&sa, &nad.namespace, &nad.name)?;
+        if !ok {
+            return Ok(Verdict::deny(
+                format!(
+                    "pod \"{}\": neither {} nor the pod's service account {} may use network \"{nad}\": grant the verb \"{USE_VERB}\" on networkattachmentdefinitions (group k8s.cni.cncf.io, resourceNames [{}]) in namespace {} with a Role and a RoleBinding",
+                    key(obj),
+                    requester.user,
+                    sa.user,
+                    nad.name,
+                    nad.namespace
+                ),
+                vec![],
+            ));
+        }
+    }
+    Ok(Verdict::allow(vec![]))
 }
 
 /// Admission's answer.

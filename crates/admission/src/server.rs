@@ -3,13 +3,16 @@
 //! (a renewed certificate is served from the next connection on, no restart).
 
 use crate::review::{self, Hook};
-use crate::rules::{NadSource, Policy};
+use crate::rules::{AccessSource, NadSource, Policy, Subject};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use kube::api::{Api, DynamicObject};
 use plexus_npwg::nad::Nad;
 use rustls::pki_types::pem::PemObject;
@@ -33,6 +36,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// NADs read from the API, with when.
 type NadCache = HashMap<(String, String), (Instant, Option<Nad>)>;
+/// RBAC's grants: (subject, namespace, NAD) → (when, may use).
+type AccessCache = HashMap<(Subject, String, String), (Instant, bool)>;
+/// RBAC's answers for one review.
+type Answers = HashMap<(Subject, String, String), Result<bool, String>>;
+
+/// How long RBAC's answer is trusted.
+const ACCESS_TTL: Duration = Duration::from_secs(10);
 /// The files' modification times, and the key they hold.
 type Loaded = (Option<(SystemTime, SystemTime)>, Arc<CertifiedKey>);
 
@@ -43,6 +53,7 @@ pub struct Webhook {
     /// The API, for the NADs pods name (`None`: they are not checked).
     pub api: Option<kube::Client>,
     cache: Mutex<NadCache>,
+    access: Mutex<AccessCache>,
 }
 
 impl Webhook {
@@ -52,7 +63,52 @@ impl Webhook {
             policy,
             api,
             cache: Mutex::new(HashMap::new()),
+            access: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// May `who` use the NAD? Asked of the API server (SubjectAccessReview), cached briefly.
+    async fn may_use(&self, who: &Subject, ns: &str, name: &str) -> Result<bool, String> {
+        let key = (who.clone(), ns.to_string(), name.to_string());
+        if let Some((at, ok)) = lock(&self.access).get(&key) {
+            if at.elapsed() < ACCESS_TTL {
+                return Ok(*ok);
+            }
+        }
+        let Some(client) = &self.api else {
+            return Err("the webhook has no Kubernetes API to ask".into());
+        };
+        let sar = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(who.user.clone()),
+                groups: Some(who.groups.clone()),
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(ns.to_string()),
+                    verb: Some(crate::rules::USE_VERB.to_string()),
+                    group: Some("k8s.cni.cncf.io".into()),
+                    resource: Some("network-attachment-definitions".into()),
+                    name: Some(name.to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let api: Api<SubjectAccessReview> = Api::all(client.clone());
+        let made = tokio::time::timeout(
+            Duration::from_secs(5),
+            api.create(&Default::default(), &sar),
+        )
+        .await
+        .map_err(|_| "the API did not answer the SubjectAccessReview within 5 s".to_string())?
+        .map_err(|e| format!("SubjectAccessReview: {e}"))?;
+        let ok = made.status.map(|s| s.allowed).unwrap_or(false);
+        // Only grants are kept: a denial is asked again, so a Role granted after it
+        // applies at the next try.
+        if ok {
+            lock(&self.access).insert(key, (Instant::now(), ok));
+        }
+        Ok(ok)
     }
 
     async fn nad(&self, ns: &str, name: &str) -> Result<Option<Nad>, String> {
@@ -96,12 +152,34 @@ impl Webhook {
                 }
             }
         }
-        Fetched(out)
+        let mut access = HashMap::new();
+        if self.policy.access_control && req.kind == "Pod" && !review::networks_unchanged(req) {
+            let sa = Subject::service_account_of(&req.object);
+            for nad in crate::rules::access_checks(&req.object, &self.policy) {
+                for who in [&req.user, &sa] {
+                    let v = self.may_use(who, &nad.namespace, &nad.name).await;
+                    access.insert((who.clone(), nad.namespace.clone(), nad.name.clone()), v);
+                }
+            }
+        }
+        Fetched(out, access)
     }
 }
 
-/// NADs read for one review.
-struct Fetched(HashMap<(String, String), Result<Option<Nad>, String>>);
+/// NADs read, and RBAC's answers, for one review.
+struct Fetched(
+    HashMap<(String, String), Result<Option<Nad>, String>>,
+    Answers,
+);
+
+impl AccessSource for Fetched {
+    fn may_use(&self, who: &Subject, ns: &str, name: &str) -> Result<bool, String> {
+        self.1
+            .get(&(who.clone(), ns.to_string(), name.to_string()))
+            .cloned()
+            .unwrap_or_else(|| Err("not asked".into()))
+    }
+}
 
 impl NadSource for Fetched {
     fn nad(&self, ns: &str, name: &str) -> Result<Option<Nad>, String> {
@@ -120,8 +198,19 @@ async fn handle(hook: Hook, st: Arc<Webhook>, body: Bytes) -> Response {
             return (code, e.1).into_response();
         }
     };
-    let nads = st.prefetch(&req).await;
-    let v = review::decide(hook, &req, &st.policy, &nads);
+    let fetched = st.prefetch(&req).await;
+    let v = match review::decide(hook, &req, &st.policy, &fetched, &fetched) {
+        Ok(v) => v,
+        Err(e) => {
+            // The webhook fails; the API server applies the failurePolicy.
+            tracing::warn!(uid = %req.uid, error = %e, "cannot decide");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot check access: {e}"),
+            )
+                .into_response();
+        }
+    };
     tracing::info!(uid = %req.uid, kind = %req.kind, op = %req.operation, allowed = v.allowed, message = %v.message, "review");
     axum::Json(review::response(&req.uid, &v)).into_response()
 }

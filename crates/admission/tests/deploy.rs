@@ -66,11 +66,16 @@ fn the_webhook_is_deployed_as_it_runs() {
     assert_eq!(port.port, 443);
     let role: ClusterRole = one("webhook.yaml", "ClusterRole");
     let rules = role.rules.unwrap();
-    assert_eq!(rules.len(), 1);
+    assert_eq!(rules.len(), 2);
     assert_eq!(rules[0].verbs, ["get"]);
     assert_eq!(
         rules[0].resources.as_deref(),
         Some(&["network-attachment-definitions".to_string()][..])
+    );
+    assert_eq!(rules[1].verbs, ["create"]);
+    assert_eq!(
+        rules[1].resources.as_deref(),
+        Some(&["subjectaccessreviews".to_string()][..])
     );
 }
 

@@ -356,3 +356,91 @@ fn missing_networks_can_be_refused_and_a_renewed_certificate_is_served() {
     let (code, _) = post(&h, &ca, "/validate", &plain());
     assert_eq!(code, 0, "the old CA no longer verifies the server");
 }
+
+/// A Role granting `use` on NAD `nad` of `ns`, bound to `subject`.
+fn grant(api: &TestApiServer, ns: &str, nad: &str, subject: Value) {
+    let name = format!("use-{nad}-{}", subject["name"].as_str().unwrap());
+    api.put(
+        Resource::Roles,
+        json!({"metadata": {"name": name, "namespace": ns},
+               "rules": [{"apiGroups": ["k8s.cni.cncf.io"], "resources": ["network-attachment-definitions"],
+                          "resourceNames": [nad], "verbs": ["use"]}]}),
+    );
+    api.put(
+        Resource::RoleBindings,
+        json!({"metadata": {"name": name, "namespace": ns},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+               "subjects": [subject]}),
+    );
+}
+
+#[test]
+fn access_control_asks_rbac_for_the_creator_and_the_service_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki(dir.path());
+    let mut api = TestApiServer::start();
+    let cfg = json!("{\"cniVersion\":\"1.0.0\",\"type\":\"macvlan\",\"master\":\"eth0\"}");
+    for n in ["mv", "other"] {
+        api.put(
+            Resource::Nads,
+            json!({"metadata": {"name": n, "namespace": "apps"}, "spec": {"config": cfg}}),
+        );
+    }
+    let h = start(
+        dir.path(),
+        &api,
+        Policy {
+            access_control: true,
+            ..Default::default()
+        },
+    );
+    let ask = |sel: &str, sa: Option<&str>| {
+        let mut p = pod(sel);
+        if let Some(sa) = sa {
+            p["spec"]["serviceAccountName"] = json!(sa);
+        }
+        answer(
+            &h,
+            &ca,
+            "/validate",
+            review("Pod", "CREATE", "apps", p, None),
+        )
+    };
+    // Nobody may use anything yet: refused, naming the users and how to grant.
+    let r = ask("mv", None);
+    assert_eq!(r["allowed"], false);
+    let m = r["status"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("alice")
+            && m.contains("system:serviceaccount:apps:default")
+            && m.contains("\"use\""),
+        "{m}"
+    );
+    // The creator is granted mv (by name): mv is allowed, other is not.
+    grant(&api, "apps", "mv", json!({"kind": "User", "name": "alice"}));
+    // A denial is not cached: the grant applies at once.
+    let r = ask("mv", Some("fresh"));
+    assert_eq!(r["allowed"], true, "{r}");
+    let r = ask("other", Some("fresh"));
+    assert_eq!(r["allowed"], false, "{r}");
+    // A workload's pods are created by a controller: its service account counts.
+    grant(
+        &api,
+        "apps",
+        "other",
+        json!({"kind": "ServiceAccount", "name": "runner", "namespace": "apps"}),
+    );
+    let r = ask("other", Some("runner"));
+    assert_eq!(r["allowed"], true, "{r}");
+    // The API server gone: what was granted is still known for a while (cached); what
+    // must be asked fails the webhook (500), and the API server applies failurePolicy.
+    api.stop();
+    let (code, body) = post(
+        &h,
+        &ca,
+        "/validate",
+        &review("Pod", "CREATE", "apps", pod("other"), None),
+    );
+    assert_eq!(code, 500, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("cannot check access"));
+}

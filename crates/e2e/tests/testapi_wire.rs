@@ -427,3 +427,81 @@ fn kubernetes_protobuf_for_built_in_types_json_for_custom_resources() {
         "Running"
     );
 }
+
+#[test]
+fn subject_access_reviews_are_answered_by_rbac() {
+    let api = TestApiServer::start();
+    let sar = |user: &str, groups: &[&str], ns: &str, verb: &str, name: &str| {
+        let body = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": user, "groups": groups, "resourceAttributes": {"namespace": ns, "verb": verb,
+                     "group": "k8s.cni.cncf.io", "resource": "network-attachment-definitions", "name": name}}});
+        let (code, _, out) = curl(
+            &api,
+            "POST",
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            &["Content-Type: application/json"],
+            Some(body.to_string().as_bytes()),
+        );
+        assert_eq!(code, 201, "{}", String::from_utf8_lossy(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        v["status"]["allowed"].as_bool().unwrap()
+    };
+    assert!(!sar("alice", &[], "apps", "use", "mv"), "nothing granted");
+    api.put(Resource::Roles, json!({"metadata": {"name": "nets", "namespace": "apps"},
+        "rules": [{"apiGroups": ["k8s.cni.cncf.io"], "resources": ["network-attachment-definitions"],
+                   "resourceNames": ["mv"], "verbs": ["use", "get"]}]}));
+    api.put(
+        Resource::RoleBindings,
+        json!({"metadata": {"name": "nets", "namespace": "apps"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "nets"},
+        "subjects": [{"kind": "User", "name": "alice"}, {"kind": "Group", "name": "net-admins"},
+                     {"kind": "ServiceAccount", "name": "runner"}]}),
+    );
+    assert!(sar("alice", &[], "apps", "use", "mv"));
+    assert!(
+        !sar("alice", &[], "apps", "use", "other"),
+        "resourceNames restrict"
+    );
+    assert!(!sar("alice", &[], "apps", "delete", "mv"), "verbs restrict");
+    assert!(
+        !sar("alice", &[], "elsewhere", "use", "mv"),
+        "a RoleBinding is its namespace's"
+    );
+    assert!(sar("bob", &["net-admins"], "apps", "use", "mv"), "groups");
+    assert!(
+        sar(
+            "system:serviceaccount:apps:runner",
+            &[],
+            "apps",
+            "use",
+            "mv"
+        ),
+        "the binding's namespace is the SA's"
+    );
+    assert!(!sar(
+        "system:serviceaccount:other:runner",
+        &[],
+        "apps",
+        "use",
+        "mv"
+    ));
+    // A ClusterRole bound cluster-wide.
+    api.put(
+        Resource::ClusterRoles,
+        json!({"metadata": {"name": "all-nets"},
+        "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["use"]}]}),
+    );
+    api.put(Resource::ClusterRoleBindings, json!({"metadata": {"name": "all-nets"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "all-nets"},
+        "subjects": [{"kind": "User", "name": "root-ish"}]}));
+    assert!(sar("root-ish", &[], "anywhere", "use", "x"));
+    // A review without a subject is Invalid, as kube-apiserver answers.
+    let (code, _, _) = curl(
+        &api,
+        "POST",
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        &["Content-Type: application/json"],
+        Some(br#"{"spec": {"resourceAttributes": {"verb": "use"}}}"#),
+    );
+    assert_eq!(code, 422);
+}

@@ -266,6 +266,19 @@ fn dispatch(
 ) -> Result<Reply, ApiErr> {
     let r = t.resource;
     let ns = t.namespace.as_deref();
+    if r == Resource::SubjectAccessReviews {
+        return match (method.as_str(), &t.name) {
+            ("POST", None) => Ok(Reply::Json(
+                201,
+                crate::rbac::review(store, request_body(r, headers, body)?)?,
+            )),
+            (m, _) => Err(ApiErr::new(
+                405,
+                "MethodNotAllowed",
+                format!("the server does not allow this method on the requested resource ({m})"),
+            )),
+        };
+    }
     if let Some(sub) = &t.sub {
         if sub != "status" || r != Resource::Pods {
             return Err(ApiErr::new(

@@ -23,6 +23,7 @@
 mod http;
 mod pki;
 pub mod protobuf;
+mod rbac;
 mod store;
 
 pub use pki::{ClientCredentials, KeyKind, User};

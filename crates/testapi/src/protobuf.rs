@@ -39,6 +39,11 @@ fn message(r: Resource, list: bool) -> Option<MessageDescriptor> {
         Resource::Events => "k8s.io.api.core.v1.Event",
         Resource::Namespaces => "k8s.io.api.core.v1.Namespace",
         Resource::ResourceSlices => "k8s.io.api.resource.v1.ResourceSlice",
+        Resource::Roles => "k8s.io.api.rbac.v1.Role",
+        Resource::RoleBindings => "k8s.io.api.rbac.v1.RoleBinding",
+        Resource::ClusterRoles => "k8s.io.api.rbac.v1.ClusterRole",
+        Resource::ClusterRoleBindings => "k8s.io.api.rbac.v1.ClusterRoleBinding",
+        Resource::SubjectAccessReviews => "k8s.io.api.authorization.v1.SubjectAccessReview",
         Resource::Nads => return None,
     };
     let name = if list {

@@ -18,6 +18,16 @@ pub enum Resource {
     ResourceSlices,
     /// core/v1 namespaces (cluster-scoped).
     Namespaces,
+    /// rbac.authorization.k8s.io/v1 roles.
+    Roles,
+    /// rbac.authorization.k8s.io/v1 rolebindings.
+    RoleBindings,
+    /// rbac.authorization.k8s.io/v1 clusterroles (cluster-scoped).
+    ClusterRoles,
+    /// rbac.authorization.k8s.io/v1 clusterrolebindings (cluster-scoped).
+    ClusterRoleBindings,
+    /// authorization.k8s.io/v1 subjectaccessreviews: created, answered by RBAC, not stored.
+    SubjectAccessReviews,
 }
 
 impl Resource {
@@ -29,6 +39,15 @@ impl Resource {
             ("k8s.cni.cncf.io", "v1", "network-attachment-definitions") => Some(Resource::Nads),
             ("resource.k8s.io", "v1", "resourceslices") => Some(Resource::ResourceSlices),
             ("", "v1", "namespaces") => Some(Resource::Namespaces),
+            ("rbac.authorization.k8s.io", "v1", "roles") => Some(Resource::Roles),
+            ("rbac.authorization.k8s.io", "v1", "rolebindings") => Some(Resource::RoleBindings),
+            ("rbac.authorization.k8s.io", "v1", "clusterroles") => Some(Resource::ClusterRoles),
+            ("rbac.authorization.k8s.io", "v1", "clusterrolebindings") => {
+                Some(Resource::ClusterRoleBindings)
+            }
+            ("authorization.k8s.io", "v1", "subjectaccessreviews") => {
+                Some(Resource::SubjectAccessReviews)
+            }
             _ => None,
         }
     }
@@ -39,6 +58,11 @@ impl Resource {
             Resource::Pods | Resource::Events | Resource::Namespaces => "v1",
             Resource::Nads => "k8s.cni.cncf.io/v1",
             Resource::ResourceSlices => "resource.k8s.io/v1",
+            Resource::Roles
+            | Resource::RoleBindings
+            | Resource::ClusterRoles
+            | Resource::ClusterRoleBindings => "rbac.authorization.k8s.io/v1",
+            Resource::SubjectAccessReviews => "authorization.k8s.io/v1",
         }
     }
 
@@ -50,6 +74,11 @@ impl Resource {
             Resource::Nads => "NetworkAttachmentDefinition",
             Resource::ResourceSlices => "ResourceSlice",
             Resource::Namespaces => "Namespace",
+            Resource::Roles => "Role",
+            Resource::RoleBindings => "RoleBinding",
+            Resource::ClusterRoles => "ClusterRole",
+            Resource::ClusterRoleBindings => "ClusterRoleBinding",
+            Resource::SubjectAccessReviews => "SubjectAccessReview",
         }
     }
 
@@ -61,6 +90,11 @@ impl Resource {
             Resource::Nads => "network-attachment-definitions",
             Resource::ResourceSlices => "resourceslices",
             Resource::Namespaces => "namespaces",
+            Resource::Roles => "roles",
+            Resource::RoleBindings => "rolebindings",
+            Resource::ClusterRoles => "clusterroles",
+            Resource::ClusterRoleBindings => "clusterrolebindings",
+            Resource::SubjectAccessReviews => "subjectaccessreviews",
         }
     }
 
@@ -69,13 +103,25 @@ impl Resource {
         match self {
             Resource::Nads => "k8s.cni.cncf.io",
             Resource::ResourceSlices => "resource.k8s.io",
+            Resource::Roles
+            | Resource::RoleBindings
+            | Resource::ClusterRoles
+            | Resource::ClusterRoleBindings => "rbac.authorization.k8s.io",
+            Resource::SubjectAccessReviews => "authorization.k8s.io",
             _ => "",
         }
     }
 
     /// Objects live in a namespace (all but ResourceSlices and Namespaces).
     pub fn namespaced(self) -> bool {
-        !matches!(self, Resource::ResourceSlices | Resource::Namespaces)
+        !matches!(
+            self,
+            Resource::ResourceSlices
+                | Resource::Namespaces
+                | Resource::ClusterRoles
+                | Resource::ClusterRoleBindings
+                | Resource::SubjectAccessReviews
+        )
     }
 
     /// The resource as kube-apiserver names it in messages (`pods`, `network-attachment-definitions.k8s.cni.cncf.io`).
