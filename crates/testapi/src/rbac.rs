@@ -123,19 +123,17 @@ pub(crate) fn review(store: &Store, mut sar: Value) -> Result<Value, ApiErr> {
             .into_iter()
             .flatten()
             .any(|x| who.bound_by(x, ""))
-        {
-            if role_rules(store, "", &b["roleRef"])
+            && role_rules(store, "", &b["roleRef"])
                 .iter()
                 .any(|r| want.allowed_by(r))
-            {
-                reason = Some(format!(
-                    "RBAC: allowed by ClusterRoleBinding \"{}\" of ClusterRole \"{}\" to {}",
-                    b["metadata"]["name"].as_str().unwrap_or_default(),
-                    b["roleRef"]["name"].as_str().unwrap_or_default(),
-                    who.user
-                ));
-                break;
-            }
+        {
+            reason = Some(format!(
+                "RBAC: allowed by ClusterRoleBinding \"{}\" of ClusterRole \"{}\" to {}",
+                b["metadata"]["name"].as_str().unwrap_or_default(),
+                b["roleRef"]["name"].as_str().unwrap_or_default(),
+                who.user
+            ));
+            break;
         }
     }
     if reason.is_none() && !want.namespace.is_empty() {
