@@ -962,3 +962,92 @@ fn a_restart_without_its_selection_is_refused_when_local_require_selection_is_se
     n.del(&alone).unwrap();
     assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
 }
+
+/// The admission webhook's rules give the verdicts the plugin gives when the pod is set
+/// up: the namespace-isolation cases above, run through both.
+#[test]
+fn admission_gives_the_plugins_namespace_isolation_verdicts() {
+    use plexus_admission::rules::{review_pod, NadSource, Policy};
+    struct AllExist;
+    impl NadSource for AllExist {
+        fn nad(&self, ns: &str, name: &str) -> Result<Option<plexus_npwg::nad::Nad>, String> {
+            plexus_npwg::nad::Nad::from_object(
+                &json!({"metadata": {"name": name, "namespace": ns}}),
+            )
+            .map(Some)
+            .map_err(|e| e.msg)
+        }
+    }
+    let mut n = node(1);
+    n.conf["namespaceIsolation"] = json!(true);
+    n.conf["globalNamespaces"] = json!("shared");
+    for (ns, name, subnet) in [
+        ("demo", "br", "192.0.2.128/26"),
+        ("other", "br", "198.51.100.0/26"),
+        ("shared", "br", "198.51.100.64/26"),
+        ("kube-system", "sys", "203.0.113.0/26"),
+    ] {
+        n.nad(
+            ns,
+            name,
+            bridge_host_local(&unique("ibr"), subnet, &n.ipam_dir()),
+        );
+    }
+    let policy = Policy {
+        namespace_isolation: true,
+        global_namespaces: "shared".into(),
+        ..Default::default()
+    };
+    for (arg, annotation, value) in [
+        ("PLEXUS_NETWORKS", "k8s.v1.cni.cncf.io/networks", "br"),
+        ("PLEXUS_NETWORKS", "k8s.v1.cni.cncf.io/networks", "other/br"),
+        (
+            "PLEXUS_NETWORKS",
+            "k8s.v1.cni.cncf.io/networks",
+            "shared/br",
+        ),
+        (
+            "PLEXUS_NETWORKS",
+            "k8s.v1.cni.cncf.io/networks",
+            r#"[{"name":"br","namespace":"other"}]"#,
+        ),
+        (
+            "PLEXUS_DEFAULT_NETWORK",
+            "v1.multus-cni.io/default-network",
+            "other/br",
+        ),
+        (
+            "PLEXUS_DEFAULT_NETWORK",
+            "v1.multus-cni.io/default-network",
+            "kube-system/sys",
+        ),
+        (
+            "PLEXUS_DEFAULT_NETWORK",
+            "v1.multus-cni.io/default-network",
+            "sys",
+        ),
+    ] {
+        let att = n.attachment(0, &unique("cid"), "demo", "p", &[(arg, value)]);
+        let plugin = n.add(&att);
+        if plugin.is_ok() {
+            n.del(&att).unwrap();
+        }
+        let pod = json!({"metadata": {"name": "p", "namespace": "demo", "annotations": {annotation: value}},
+                         "spec": {"containers": [{"name": "c"}]}});
+        let admission = review_pod(&pod, None, &policy, &AllExist);
+        assert_eq!(
+            admission.allowed,
+            plugin.is_ok(),
+            "{annotation}={value}: the plugin says {:?}, admission says {admission:?}",
+            plugin.err()
+        );
+        if !admission.allowed {
+            assert!(
+                admission.message.contains("namespace isolation enabled"),
+                "{}",
+                admission.message
+            );
+        }
+    }
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
