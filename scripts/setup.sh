@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what Plexus needs on a fresh Debian machine (root): the reference CNI
-# plugins, iproute2 and ping. Idempotent and quiet when everything is there.
+# plugins, iproute2, ping, and curl and nsenter (the tests' HTTPS client, kubectl-plexus's
+# look into a pod). Idempotent and quiet when everything is there.
 set -euo pipefail
 
 need=()
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 command -v ip >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
+command -v curl >/dev/null || need+=(curl)
+command -v nsenter >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
