@@ -57,18 +57,7 @@ impl Default for Policy {
 impl Policy {
     /// The global namespaces, as the CNI plugin reads them.
     pub fn globals(&self) -> Vec<String> {
-        let v: Vec<String> = self
-            .global_namespaces
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect();
-        if v.is_empty() {
-            vec!["default".into()]
-        } else {
-            v
-        }
+        plexus_npwg::names::global_namespaces(&self.global_namespaces)
     }
 }
 

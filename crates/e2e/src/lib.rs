@@ -216,20 +216,7 @@ impl World {
 }
 
 /// Files below `dir`, recursively (to show that nothing was left behind).
-pub fn files_below(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files_below(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
+pub use plexus_conformance::world::files_below;
 
 /// The calls the recording test plugin logged in `dir` (`calls.jsonl`), in order; none
 /// when it was never called.

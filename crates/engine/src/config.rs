@@ -232,18 +232,7 @@ impl NetConf {
 
     /// The namespaces selectable from anywhere under isolation.
     pub fn global_namespaces(&self) -> Vec<String> {
-        let v: Vec<String> = self
-            .global_namespaces
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect();
-        if v.is_empty() {
-            vec!["default".into()]
-        } else {
-            v
-        }
+        plexus_npwg::names::global_namespaces(&self.global_namespaces)
     }
 
     /// Time limit of one delegate execution.

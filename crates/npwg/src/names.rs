@@ -44,6 +44,22 @@ impl std::fmt::Display for ObjectRef {
     }
 }
 
+/// `globalNamespaces` as Multus reads it: comma-separated, blanks ignored, `default`
+/// when none is given.
+pub fn global_namespaces(value: &str) -> Vec<String> {
+    let v: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if v.is_empty() {
+        vec!["default".into()]
+    } else {
+        v
+    }
+}
+
 /// `namespaceIsolation` (NPWG §7.4): whether a pod in `pod_namespace` may use a network
 /// of `target_namespace`. With isolation on, only its own namespace and the global ones
 /// (`globalNamespaces`) are allowed. The CNI plugin and the admission webhook both ask
