@@ -24,7 +24,9 @@
 //! candidate keeps its state: what it leaves there after a DEL is reported),
 //! `@RUNDIR@` (sockets, logs, daemon files: not checked), `@CLUSTER@` (the cluster
 //! network's conflist), `@BINDIR@` (the delegates: the reference plugins and the
-//! suite's recording plugin), `@NODE@` (the node's name), `@EXEDIR@`.
+//! suite's recording plugin), `@NODE@` (the node's name), `@EXEDIR@`; with the built-in
+//! test API server, also what in-cluster clients read: `@SERVICEACCOUNT@` (a directory
+//! with `token`, `ca.crt` and `namespace`), `@APIHOST@` and `@APIPORT@`.
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -95,6 +97,12 @@ pub struct Placeholders {
     pub node: String,
     /// `@EXEDIR@`.
     pub exe_dir: PathBuf,
+    /// `@SERVICEACCOUNT@`.
+    pub service_account: PathBuf,
+    /// `@APIHOST@`.
+    pub api_host: String,
+    /// `@APIPORT@`.
+    pub api_port: String,
 }
 
 impl Placeholders {
@@ -107,6 +115,9 @@ impl Placeholders {
             .replace("@BINDIR@", &self.bin_dir.display().to_string())
             .replace("@NODE@", &self.node)
             .replace("@EXEDIR@", &self.exe_dir.display().to_string())
+            .replace("@SERVICEACCOUNT@", &self.service_account.display().to_string())
+            .replace("@APIHOST@", &self.api_host)
+            .replace("@APIPORT@", &self.api_port)
     }
 
     /// `v` with every placeholder replaced in its strings.
@@ -322,6 +333,7 @@ mod tests {
             bin_dir: "/b".into(),
             node: "n".into(),
             exe_dir: "/e".into(),
+            ..Default::default()
         };
         let r = c.resolve(&p, Path::new("/base"));
         assert_eq!(r.plugin["kubeconfig"], "/k");

@@ -167,6 +167,8 @@ impl Env {
             ));
         }
         std::os::unix::fs::symlink(&recorder, bin.join("plexus-test-plugin"))?;
+        let sa = run.join("serviceaccount");
+        let mut api_addr = None;
         let (kubeconfig, api) = match &opts.kubeconfig {
             Some(k) => (k.clone(), None),
             None => {
@@ -176,6 +178,12 @@ impl Env {
                 let api = plexus_testapi::TestApiServer::start_on(listener);
                 let kc = run.join("kubeconfig");
                 api.write_kubeconfig(&kc);
+                // What an in-cluster client (a thick daemon) reads.
+                std::fs::create_dir_all(&sa)?;
+                std::fs::write(sa.join("token"), api.token())?;
+                std::fs::write(sa.join("ca.crt"), api.ca_pem().unwrap_or_default())?;
+                std::fs::write(sa.join("namespace"), "kube-system")?;
+                api_addr = Some(api.addr());
                 (kc, Some(api))
             }
         };
@@ -200,6 +208,9 @@ impl Env {
             bin_dir: bin.clone(),
             node: opts.node.clone(),
             exe_dir: opts.exe_dir.clone(),
+            service_account: sa,
+            api_host: api_addr.map(|a| a.ip().to_string()).unwrap_or_default(),
+            api_port: api_addr.map(|a| a.port().to_string()).unwrap_or_default(),
         };
         let mut candidate = file.resolve(&p, base);
         // The runtime's own capability argument (NPWG-7.5): declared for the candidate.
