@@ -115,7 +115,10 @@ impl Placeholders {
             .replace("@BINDIR@", &self.bin_dir.display().to_string())
             .replace("@NODE@", &self.node)
             .replace("@EXEDIR@", &self.exe_dir.display().to_string())
-            .replace("@SERVICEACCOUNT@", &self.service_account.display().to_string())
+            .replace(
+                "@SERVICEACCOUNT@",
+                &self.service_account.display().to_string(),
+            )
             .replace("@APIHOST@", &self.api_host)
             .replace("@APIPORT@", &self.api_port)
     }

@@ -160,6 +160,8 @@ pub fn veth_master(ns: Option<&str>) -> Result<String> {
 pub enum Host {
     /// The suite's own namespace, removed with everything in it.
     Private(NamedNetNs),
+    /// A namespace someone else owns, by its path (a harness's).
+    At(std::path::PathBuf),
     /// The namespace the suite runs in.
     Current,
 }
@@ -169,6 +171,7 @@ impl Host {
     pub fn name(&self) -> Option<&str> {
         match self {
             Host::Private(ns) => Some(ns.name()),
+            Host::At(p) => p.file_name().and_then(|n| n.to_str()),
             Host::Current => None,
         }
     }
@@ -177,6 +180,9 @@ impl Host {
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         match self {
             Host::Private(ns) => ns.run(f).context("entering the host namespace"),
+            Host::At(p) => plexus_netns::NetNs::open(p)?
+                .run(f)
+                .context("entering the host namespace"),
             Host::Current => Ok(f()),
         }
     }
@@ -185,6 +191,7 @@ impl Host {
     pub fn open(&self) -> Result<Option<plexus_netns::NetNs>> {
         match self {
             Host::Private(ns) => Ok(Some(ns.open()?)),
+            Host::At(p) => Ok(Some(plexus_netns::NetNs::open(p)?)),
             Host::Current => Ok(None),
         }
     }

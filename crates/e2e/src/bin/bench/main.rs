@@ -64,6 +64,13 @@ struct Args {
     /// cluster network's conflist path) are replaced.
     #[arg(long)]
     other_conf: Option<PathBuf>,
+    /// The other meta-plugin's daemon (thick implementations): a JSON object with
+    /// `command`, `files` (written to the work directory first) and `readySocket`, as
+    /// plexus-conformance's candidate files have it, with the same placeholders plus
+    /// `@WORKDIR@`: `@SERVICEACCOUNT@`, `@APIHOST@` and `@APIPORT@` give the in-cluster
+    /// credentials of the test API server.
+    #[arg(long)]
+    other_daemon: Option<PathBuf>,
     /// Write the latency plot here.
     #[arg(long)]
     svg: Option<PathBuf>,
@@ -644,6 +651,7 @@ fn main() {
         }
         _ => None,
     };
+    let _other_daemon = args.other_daemon.as_ref().map(|f| other_daemon(&b, f));
     let daemon = Daemon::start(&b.node, json!({"delegates": null}));
     std::thread::sleep(Duration::from_secs(2));
     let (idle_rss, idle_cpu0) = (daemon.rss_kib(), cpu_seconds(daemon.pid()));
@@ -704,6 +712,54 @@ fn main() {
             s.median, s.p90, s.p99, s.max
         );
     }
+}
+
+/// Starts the other meta-plugin's daemon (`--other-daemon`) in the node's host
+/// namespace, with the test API server's in-cluster credentials at hand.
+fn other_daemon(b: &Bench, file: &std::path::Path) -> plexus_conformance::candidate::Daemon {
+    use plexus_conformance::candidate::{Daemon as OtherDaemon, DaemonSpec, Placeholders};
+    let work = b.node.world.subdir("other");
+    let sa = work.join("serviceaccount");
+    std::fs::create_dir_all(&sa).expect("service account directory");
+    std::fs::write(sa.join("token"), b.api.token()).expect("token");
+    std::fs::write(sa.join("ca.crt"), b.api.ca_pem().unwrap_or_default()).expect("CA");
+    std::fs::write(sa.join("namespace"), "kube-system").expect("namespace");
+    let cluster = work.join("cluster.conflist");
+    std::fs::write(&cluster, b.thin_conf["delegates"][0].to_string()).expect("cluster conflist");
+    let p = Placeholders {
+        kubeconfig: b.thin_conf["kubeconfig"]
+            .as_str()
+            .unwrap_or_default()
+            .into(),
+        state_dir: work.join("cni"),
+        run_dir: work.clone(),
+        cluster,
+        bin_dir: "/usr/lib/cni".into(),
+        node: "node-a".into(),
+        exe_dir: std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(PathBuf::from))
+            .unwrap_or_default(),
+        service_account: sa,
+        api_host: b.api.addr().ip().to_string(),
+        api_port: b.api.addr().port().to_string(),
+    };
+    let text = std::fs::read_to_string(file)
+        .expect("other-daemon file")
+        .replace("@WORKDIR@", &work.display().to_string());
+    let spec: DaemonSpec = serde_json::from_str(&text).expect("other-daemon JSON");
+    let spec = DaemonSpec {
+        command: spec.command.iter().map(|c| p.apply(c)).collect(),
+        files: spec
+            .files
+            .iter()
+            .map(|(k, v)| (k.clone(), p.apply_value(v)))
+            .collect(),
+        ready_socket: spec.ready_socket.as_ref().map(|s| p.apply(s)),
+        ready_timeout_seconds: spec.ready_timeout_seconds,
+    };
+    let host = plexus_conformance::world::Host::At(b.node.world.host.path().to_path_buf());
+    OtherDaemon::start(&spec, &work, &host).expect("starting the other daemon")
 }
 
 /// What the device lookup costs by itself, over the test kubelet's unix socket: a new
