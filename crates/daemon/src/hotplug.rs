@@ -487,9 +487,13 @@ fn reconcile_container(
     if conf.plexus.local.is_some() {
         return Ok(Reconciled::Skipped("local mode: no annotations to follow"));
     }
+    let kubelet = st.kubelet(plexus_kubelet::Settings::from_conf(&conf.plexus));
     let mut engine = Engine::new(conf, Some(cluster.clone() as Arc<dyn Cluster>));
     if let Some(x) = &st.exec {
         engine = engine.with_exec(x.clone());
+    }
+    if let Some(k) = kubelet {
+        engine = engine.with_devices(k);
     }
     engine.reconcile(id, pod)
 }

@@ -54,7 +54,7 @@ pub struct AppState {
 impl AppState {
     /// The kubelet client for `settings` (the requests' configuration names them): the
     /// one kept, or a new one kept in its place. Called on the runtime's threads.
-    fn kubelet(&self, settings: Settings) -> Option<Arc<KubeletDevices>> {
+    pub(crate) fn kubelet(&self, settings: Settings) -> Option<Arc<KubeletDevices>> {
         let handle = tokio::runtime::Handle::try_current().ok()?;
         let mut k = self.kubelet.lock().unwrap_or_else(|p| p.into_inner());
         match &*k {

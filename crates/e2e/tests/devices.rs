@@ -425,3 +425,52 @@ fn thin_dra_devices_published_for_cni_are_attached_others_ignored() {
 fn thick_dra_devices_published_for_cni_are_attached_others_ignored() {
     dra(true);
 }
+
+/// Hot-plug: a device-backed network added to a running pod gets a device the pod was
+/// allocated and does not use yet; removing it frees the device, with no kubelet call.
+#[test]
+fn hot_plug_hands_out_a_device_not_in_use() {
+    let (mut n, api) = setup();
+    let k = kubelet(&n);
+    let rec = n.world.subdir("rec");
+    recording_nad(&api, &rec);
+    api.put(Resource::Pods, pod_object("demo", "p", "uid-p", Some("vf")));
+    k.allocate("demo", "p", "app", RES, &["0000:03:02.1", "0000:03:02.0"]);
+    let d = Daemon::start(&n, json!({}));
+    n.conf = n.shim_conf();
+    let att = n.attachment(0, &unique("cid"), "demo", "p", &[]);
+    n.add(&att).unwrap();
+    assert_eq!(adds(&rec)[0]["config"]["deviceID"], "0000:03:02.0");
+    let set = |sel: &str| {
+        let mut p = api.get(Resource::Pods, "demo", "p").unwrap();
+        p["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] = json!(sel);
+        api.put(Resource::Pods, p);
+    };
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !ok() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    set("vf,vf");
+    wait("net2 attached", &|| adds(&rec).len() == 2);
+    assert_eq!(adds(&rec)[1]["env"]["CNI_IFNAME"], "net2");
+    assert_eq!(
+        adds(&rec)[1]["config"]["deviceID"],
+        "0000:03:02.1",
+        "the device not in use"
+    );
+    // Detached without asking the kubelet.
+    k.hang(true);
+    set("vf");
+    wait("net2 detached", &|| {
+        recorded_calls(&rec)
+            .iter()
+            .any(|c| c["env"]["CNI_COMMAND"] == "DEL" && c["env"]["CNI_IFNAME"] == "net2")
+    });
+    drop(k);
+    n.del(&att).unwrap();
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+    d.stop();
+}

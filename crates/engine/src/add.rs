@@ -145,7 +145,7 @@ impl Engine {
             )));
         };
         let alloc = d.allocation(pod)?;
-        devices::assign(nets, pod, &alloc)
+        devices::assign(nets, pod, &alloc, &[])
     }
 
     fn prestart(&self, rt: &Runtime, req: &Request, netns: &str, p: Option<&Planned>) {

@@ -110,12 +110,17 @@ pub(crate) fn needs_device(nets: &[(Resolved, Option<NetworkSelection>)]) -> boo
 /// earlier reference took, so two references to one NAD get two devices. An element
 /// with its own `deviceID` takes that device, which must be one the pod was allocated.
 /// Not enough devices is an error naming the pod, the network and the resource.
+/// `in_use` are devices attachments of the pod already hold (hot-plug): taken first.
 pub(crate) fn assign(
     nets: &[(Resolved, Option<NetworkSelection>)],
     pod: &PodInfo,
     alloc: &Allocation,
+    in_use: &[Device],
 ) -> Result<Vec<Option<Device>>> {
-    let mut taken: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let mut taken: BTreeSet<(&str, &str)> = in_use
+        .iter()
+        .map(|d| (d.resource_name.as_str(), d.device_id.as_str()))
+        .collect();
     // Explicit device IDs first, so an unnamed reference earlier in the list does not
     // take the device a later element names.
     for (r, sel) in nets {
@@ -148,6 +153,12 @@ pub(crate) fn assign(
     }
     let mut out = Vec::with_capacity(nets.len());
     let mut users: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for d in in_use {
+        users
+            .entry(&d.resource_name)
+            .or_default()
+            .push("an attached network");
+    }
     for (r, sel) in nets {
         let Some(res) = &r.resource_name else {
             out.push(None);
@@ -265,7 +276,7 @@ mod tests {
             net("sriov", Some("vendor.example/vf"), None),
             net("sriov", Some("vendor.example/vf"), None),
         ];
-        let got = assign(&nets, &pod(), &a).unwrap();
+        let got = assign(&nets, &pod(), &a, &[]).unwrap();
         assert_eq!(
             ids(&got),
             [None, Some("0000:03:02.0"), Some("0000:03:02.1")]
@@ -280,7 +291,7 @@ mod tests {
             net("sriov", Some("vendor.example/vf"), None),
             net("sriov", Some("vendor.example/vf"), None),
         ];
-        let e = assign(&nets, &pod(), &a).unwrap_err();
+        let e = assign(&nets, &pod(), &a, &[]).unwrap_err();
         assert_eq!(e.code, 7);
         for part in [
             "pod \"ns/p\"",
@@ -291,7 +302,7 @@ mod tests {
         ] {
             assert!(e.msg.contains(part), "{part}: {}", e.msg);
         }
-        let e = assign(&nets[..1], &pod(), &alloc("other/res", &["x"])).unwrap_err();
+        let e = assign(&nets[..1], &pod(), &alloc("other/res", &["x"]), &[]).unwrap_err();
         assert!(e.msg.contains("allocated none"), "{}", e.msg);
         assert!(
             e.msg.contains("k8s.v1.cni.cncf.io/resourceName"),
@@ -308,10 +319,10 @@ mod tests {
             net("y", Some("r/vf"), Some("a")),
         ];
         assert_eq!(
-            ids(&assign(&nets, &pod(), &a).unwrap()),
+            ids(&assign(&nets, &pod(), &a, &[]).unwrap()),
             [Some("b"), Some("a")]
         );
-        let e = assign(&[net("y", Some("r/vf"), Some("c"))], &pod(), &a).unwrap_err();
+        let e = assign(&[net("y", Some("r/vf"), Some("c"))], &pod(), &a, &[]).unwrap_err();
         assert!(
             e.msg.contains("\"c\"") && e.msg.contains("2 devices (a, b)"),
             "{}",
@@ -324,6 +335,7 @@ mod tests {
             ],
             &pod(),
             &a,
+            &[],
         )
         .unwrap_err();
         assert!(e.msg.contains("two elements"), "{}", e.msg);

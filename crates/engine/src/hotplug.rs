@@ -291,8 +291,7 @@ impl Engine {
     }
 
     /// The configuration of a network to attach; a NAD that is missing or unreadable
-    /// is a failure to add (it may appear: the edit is retried), a device-backed one is
-    /// refused.
+    /// is a failure to add (it may appear: the edit is retried).
     fn resolve_new(
         &self,
         d: &NetworkSelection,
@@ -306,7 +305,7 @@ impl Engine {
         };
         // Not the resolver's NoNetworkFound event: the failure is reported once, as
         // FailedAddingInterface, however often the edit is retried.
-        let Some(nad) = nad else {
+        if nad.is_none() {
             return Err(HotplugError {
                 failure: Failure::Adding,
                 error: CniError::invalid_config(format!(
@@ -315,16 +314,48 @@ impl Engine {
                 )),
             });
         };
-        if let Some(res) = &nad.resource_name {
-            return Err(rejected(format!(
-                "pod \"{}\": network \"{}\" is backed by device resource {res:?}: device-backed networks cannot be hot-plugged yet",
-                pod.key(),
-                d.network
-            )));
-        }
         self.resolver()
             .nad(&d.network, Some(pod))
             .map_err(failed(Failure::Adding))
+    }
+
+    /// The device of each new attachment (device-backed NADs): the kubelet's devices of
+    /// the pod that no attachment kept by the edit uses, handed out as an ADD hands
+    /// them out. Too few is a refusal (the kubelet allocates devices when the pod is
+    /// created: the pod must request more); a kubelet that does not answer, a failure
+    /// to add (retried).
+    fn new_devices(
+        &self,
+        st: &PodState,
+        pod: &PodInfo,
+        edit: &Edit,
+    ) -> std::result::Result<Vec<Option<crate::devices::Device>>, HotplugError> {
+        let nets: Vec<(Resolved, Option<NetworkSelection>)> = edit
+            .add
+            .iter()
+            .map(|n| (n.resolved.clone(), Some(n.sel.clone())))
+            .collect();
+        if !crate::devices::needs_device(&nets) {
+            return Ok(vec![None; nets.len()]);
+        }
+        let Some(d) = &self.devices else {
+            return Err(rejected(format!(
+                "pod \"{}\": a device-backed network is asked for, and no kubelet is configured to ask",
+                pod.key()
+            )));
+        };
+        let alloc = d.allocation(pod).map_err(failed(Failure::Adding))?;
+        let in_use: Vec<crate::devices::Device> = st
+            .attachments
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !edit.remove.contains(i))
+            .filter_map(|(_, a)| a.device.clone())
+            .collect();
+        crate::devices::assign(&nets, pod, &alloc, &in_use).map_err(|error| HotplugError {
+            failure: Failure::Rejected,
+            error,
+        })
     }
 
     /// Attaches, then detaches, then reports. Each step is on file before its delegate
@@ -349,11 +380,13 @@ impl Engine {
             args: &input_args,
             pod: Some(pod),
         };
+        let devices = self.new_devices(st, pod, &edit)?;
         let r = self.resolver();
         let planned: Vec<Planned> = edit
             .add
             .into_iter()
-            .map(|n| plan::selected_attachment(&r, &input, n.resolved, n.sel, n.ifname))
+            .zip(devices)
+            .map(|(n, dev)| plan::selected_attachment(&r, &input, n.resolved, n.sel, n.ifname, dev))
             .collect::<Result<_>>()
             .map_err(|error| HotplugError {
                 failure: Failure::Rejected,

@@ -275,9 +275,19 @@ pub(crate) fn selected_attachment(
     resolved: Resolved,
     sel: NetworkSelection,
     ifname: String,
+    device: Option<Device>,
 ) -> Result<Planned> {
     let (_, pod_args) = request_args(input.args);
-    attachment(r, input, resolved, Some(sel), ifname, &pod_args, None, None)
+    attachment(
+        r,
+        input,
+        resolved,
+        Some(sel),
+        ifname,
+        &pod_args,
+        None,
+        device,
+    )
 }
 
 /// `CNI_IFNAME` for the default network (index 0), the element's `interface`, else

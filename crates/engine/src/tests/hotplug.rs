@@ -248,7 +248,7 @@ fn what_hot_plug_leaves_alone() {
 }
 
 #[test]
-fn device_backed_networks_are_refused_until_devices_are_looked_up() {
+fn device_backed_networks_get_a_device_no_attachment_uses() {
     let (f, e) = added("a");
     f.cluster.device_nad(
         "demo",
@@ -256,12 +256,55 @@ fn device_backed_networks_are_refused_until_devices_are_looked_up() {
         "example.com/sriov_net",
         net("sriov", "host-device", json!({})),
     );
-    let err = edit(&f, &e, "a,sriov").unwrap_err();
+    // Two devices allocated at pod start; the edit asks for one, then for a second.
+    f.devices.allocate(
+        "demo/p",
+        "example.com/sriov_net",
+        &["0000:03:02.1", "0000:03:02.0"],
+    );
+    assert!(matches!(
+        edit(&f, &e, "a,sriov").unwrap(),
+        Reconciled::Changed { .. }
+    ));
+    let calls = f.exec.calls();
+    assert_eq!(
+        calls[0].stdin["deviceID"], "0000:03:02.0",
+        "{}",
+        calls[0].stdin
+    );
+    f.exec.clear();
+    assert!(matches!(
+        edit(&f, &e, "a,sriov,sriov").unwrap(),
+        Reconciled::Changed { .. }
+    ));
+    assert_eq!(
+        f.exec.calls()[0].stdin["deviceID"],
+        "0000:03:02.1",
+        "the one not in use"
+    );
+    let st = e.state().load("c1").unwrap().unwrap();
+    let devs: Vec<&str> = st
+        .attachments
+        .iter()
+        .filter_map(|a| a.device.as_ref())
+        .map(|d| d.device_id.as_str())
+        .collect();
+    assert_eq!(devs, ["0000:03:02.0", "0000:03:02.1"]);
+    // A third reference: no device left; refused, nothing attached.
+    f.exec.clear();
+    let err = edit(&f, &e, "a,sriov,sriov,sriov").unwrap_err();
     assert_eq!(err.failure, Failure::Rejected);
     assert!(
-        err.error.msg.contains("example.com/sriov_net"),
+        err.error.msg.contains("example.com/sriov_net") && err.error.msg.contains("request 3"),
         "{}",
         err.error.msg
     );
     assert!(f.exec.log().is_empty());
+    // Detaching one frees its device for the next edit, with no kubelet call for the DEL.
+    *f.devices.down.lock().unwrap() = true;
+    edit(&f, &e, "a,sriov").unwrap();
+    assert_eq!(f.exec.log(), ["DEL host-device net3"]);
+    // The kubelet not answering is a failure to add, retried later.
+    let err = edit(&f, &e, "a,sriov,sriov").unwrap_err();
+    assert_eq!(err.failure, Failure::Adding);
 }
