@@ -90,17 +90,10 @@ pub fn parse(body: &[u8]) -> Result<Request, BadReview> {
     })
 }
 
-/// True when an update leaves the pod's network annotations as they were.
+/// True when the request is an update that leaves the pod's network annotations as
+/// they were.
 pub fn networks_unchanged(req: &Request) -> bool {
-    let ann = |o: &Value, k: &str| o["metadata"]["annotations"][k].as_str().map(str::to_string);
-    req.old_object.as_ref().is_some_and(|old| {
-        [
-            plexus_npwg::NETWORKS_ANNOTATION,
-            plexus_npwg::DEFAULT_NETWORK_ANNOTATION,
-        ]
-        .iter()
-        .all(|k| ann(&req.object, k) == ann(old, k))
-    })
+    rules::networks_unchanged(&req.object, req.old_object.as_ref())
 }
 
 /// The verdict of `hook` on `req`; an error when access could not be checked (the

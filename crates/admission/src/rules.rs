@@ -275,6 +275,16 @@ pub fn pod_networks(
     Ok(out)
 }
 
+/// True when an update (`old` given) leaves the pod's network annotations as they were.
+pub fn networks_unchanged(obj: &Value, old: Option<&Value>) -> bool {
+    let ann = |o: &Value, k: &str| o["metadata"]["annotations"][k].as_str().map(str::to_string);
+    old.is_some_and(|old| {
+        [NETWORKS_ANNOTATION, DEFAULT_NETWORK_ANNOTATION]
+            .iter()
+            .all(|k| ann(obj, k) == ann(old, k))
+    })
+}
+
 /// A pod (created, or its selection edited: hot-plug acts on that), with the rules the
 /// CNI plugin applies when it is set up.
 pub fn review_pod(
@@ -283,13 +293,8 @@ pub fn review_pod(
     policy: &Policy,
     nads: &dyn NadSource,
 ) -> Verdict {
-    let ann = |o: &Value, k: &str| o["metadata"]["annotations"][k].as_str().map(str::to_string);
-    if let Some(old) = old {
-        if ann(obj, NETWORKS_ANNOTATION) == ann(old, NETWORKS_ANNOTATION)
-            && ann(obj, DEFAULT_NETWORK_ANNOTATION) == ann(old, DEFAULT_NETWORK_ANNOTATION)
-        {
-            return Verdict::allow(vec![]);
-        }
+    if networks_unchanged(obj, old) {
+        return Verdict::allow(vec![]);
     }
     let what = format!("pod \"{}\"", key(obj));
     let pod_ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
