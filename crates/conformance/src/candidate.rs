@@ -80,6 +80,22 @@ fn d_ready() -> u64 {
     30
 }
 
+impl DaemonSpec {
+    /// The spec with `p` applied to its command, files and socket.
+    pub fn resolve(&self, p: &Placeholders) -> DaemonSpec {
+        DaemonSpec {
+            command: self.command.iter().map(|c| p.apply(c)).collect(),
+            files: self
+                .files
+                .iter()
+                .map(|(k, v)| (k.clone(), p.apply_value(v)))
+                .collect(),
+            ready_socket: self.ready_socket.as_ref().map(|s| p.apply(s)),
+            ready_timeout_seconds: self.ready_timeout_seconds,
+        }
+    }
+}
+
 /// The values of the placeholders.
 #[derive(Debug, Clone, Default)]
 pub struct Placeholders {
@@ -197,16 +213,7 @@ impl CandidateFile {
             Value::Object(m) => m,
             _ => Map::new(),
         };
-        let daemon = self.daemon.as_ref().map(|d| DaemonSpec {
-            command: d.command.iter().map(|c| p.apply(c)).collect(),
-            files: d
-                .files
-                .iter()
-                .map(|(k, v)| (k.clone(), p.apply_value(v)))
-                .collect(),
-            ready_socket: d.ready_socket.as_ref().map(|s| p.apply(s)),
-            ready_timeout_seconds: d.ready_timeout_seconds,
-        });
+        let daemon = self.daemon.as_ref().map(|d| d.resolve(p));
         Candidate {
             name: self.name.clone(),
             plugin_type: plugin

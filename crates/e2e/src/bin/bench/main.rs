@@ -747,17 +747,9 @@ fn other_daemon(b: &Bench, file: &std::path::Path) -> plexus_conformance::candid
     let text = std::fs::read_to_string(file)
         .expect("other-daemon file")
         .replace("@WORKDIR@", &work.display().to_string());
-    let spec: DaemonSpec = serde_json::from_str(&text).expect("other-daemon JSON");
-    let spec = DaemonSpec {
-        command: spec.command.iter().map(|c| p.apply(c)).collect(),
-        files: spec
-            .files
-            .iter()
-            .map(|(k, v)| (k.clone(), p.apply_value(v)))
-            .collect(),
-        ready_socket: spec.ready_socket.as_ref().map(|s| p.apply(s)),
-        ready_timeout_seconds: spec.ready_timeout_seconds,
-    };
+    let spec = serde_json::from_str::<DaemonSpec>(&text)
+        .expect("other-daemon JSON")
+        .resolve(&p);
     let host = plexus_conformance::world::Host::At(b.node.world.host.path().to_path_buf());
     OtherDaemon::start(&spec, &work, &host).expect("starting the other daemon")
 }
