@@ -15,11 +15,13 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use kube::api::{Api, DynamicObject, ListParams};
 use plexus_admission::rules::{self, NadSource, Policy};
+use plexus_cni::cache::CacheEntry;
+use plexus_engine::state::{PodState, StateStore};
 use plexus_npwg::nad::Nad;
 use plexus_npwg::selection::parse_networks;
 use plexus_npwg::{NETWORKS_ANNOTATION, RESOURCE_NAME_ANNOTATION, STATUS_ANNOTATION};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -455,21 +457,14 @@ fn explain(
     Ok((report, ok))
 }
 
-fn states(cni_dir: &Path) -> Result<Vec<Value>> {
-    let dir = cni_dir.join("plexus");
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(out);
-    };
-    for e in entries.flatten() {
-        if e.path().extension().is_some_and(|x| x == "json") {
-            if let Ok(v) = serde_json::from_slice::<Value>(&std::fs::read(e.path())?) {
-                out.push(v);
-            }
-        }
-    }
-    out.sort_by_key(|v| v["containerId"].as_str().map(str::to_string));
-    Ok(out)
+/// The node's state files (the engine's store), by container ID; unreadable ones left out.
+fn states(cni_dir: &Path) -> Result<Vec<PodState>> {
+    let store = StateStore::new(cni_dir);
+    Ok(store
+        .containers()?
+        .iter()
+        .filter_map(|cid| store.load(cid).ok().flatten())
+        .collect())
 }
 
 /// The interfaces of the namespace at `netns` (none when it is gone).
@@ -495,20 +490,19 @@ fn links_in(netns: &str) -> Option<BTreeSet<String>> {
 fn node_view(cni_dir: &Path, ns: &str, pod: &str) -> Result<Value> {
     let st = states(cni_dir)?
         .into_iter()
-        .find(|s| s["podNamespace"] == ns && s["podName"] == pod);
+        .find(|s| s.pod_namespace == ns && s.pod_name == pod);
     let Some(st) = st else {
         return Ok(
             json!({"state": null, "drift": [format!("no state file for {ns}/{pod} in {}", cni_dir.join("plexus").display())]}),
         );
     };
-    let want: BTreeSet<String> = st["attachments"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["auxiliary"] != true)
-        .filter_map(|a| a["ifname"].as_str().map(str::to_string))
+    let want: BTreeSet<String> = st
+        .attachments
+        .iter()
+        .filter(|a| !a.auxiliary)
+        .map(|a| a.ifname.clone())
         .collect();
-    let netns = st["netns"].as_str().unwrap_or_default();
+    let netns = st.netns.as_str();
     let mut drift = Vec::new();
     match links_in(netns) {
         None => drift.push(format!("the pod's namespace {netns} is gone")),
@@ -528,36 +522,33 @@ fn node_view(cni_dir: &Path, ns: &str, pod: &str) -> Result<Value> {
 
 fn node(cni_dir: &Path, ipam_dir: &Path) -> Result<(Value, bool)> {
     let states = states(cni_dir)?;
-    let known: BTreeSet<String> = states
-        .iter()
-        .filter_map(|s| s["containerId"].as_str().map(str::to_string))
-        .collect();
+    let known: BTreeSet<String> = states.iter().map(|s| s.container_id.clone()).collect();
     let mut table = vec![["POD", "CONTAINER", "INTERFACE", "NETWORK", "DEVICE"]
         .map(|s| json!(s))
         .to_vec()];
     let mut attachments = Vec::new();
     let mut orphans = Vec::new();
     for s in &states {
-        let cid = s["containerId"].as_str().unwrap_or_default();
-        let pod = format!(
-            "{}/{}",
-            s["podNamespace"].as_str().unwrap_or_default(),
-            s["podName"].as_str().unwrap_or_default()
-        );
-        let netns = s["netns"].as_str().unwrap_or_default();
+        let cid = s.container_id.as_str();
+        let pod = format!("{}/{}", s.pod_namespace, s.pod_name);
+        let netns = s.netns.as_str();
         if !Path::new(netns).exists() {
             orphans.push(json!({"kind": "state without a namespace", "container": cid, "pod": pod, "netns": netns}));
         }
-        for a in s["attachments"].as_array().into_iter().flatten() {
-            let dev = a["device"]["deviceId"].as_str().unwrap_or("");
+        for a in &s.attachments {
+            let dev = a
+                .device
+                .as_ref()
+                .map(|d| d.device_id.as_str())
+                .unwrap_or("");
             table.push(vec![
                 json!(pod),
                 json!(cid.chars().take(12).collect::<String>()),
-                json!(a["ifname"]),
-                json!(a["name"]),
+                json!(a.ifname),
+                json!(a.name),
                 json!(dev),
             ]);
-            attachments.push(json!({"pod": pod, "container": cid, "interface": a["ifname"], "network": a["name"], "device": a["device"]}));
+            attachments.push(json!({"pod": pod, "container": cid, "interface": a.ifname, "network": a.name, "device": a.device}));
         }
     }
     // host-local: <dataDir>/<network>/<ip> holds "<containerID>\r\n<ifname>".
@@ -586,8 +577,8 @@ fn node(cni_dir: &Path, ipam_dir: &Path) -> Result<(Value, bool)> {
     {
         let cid = std::fs::read(f.path())
             .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| v["containerId"].as_str().map(str::to_string))
+            .and_then(|b| serde_json::from_slice::<CacheEntry>(&b).ok())
+            .map(|e| e.container_id)
             .unwrap_or_default();
         if !known.contains(&cid) {
             orphans.push(
@@ -609,14 +600,14 @@ fn node(cni_dir: &Path, ipam_dir: &Path) -> Result<(Value, bool)> {
             )
         })
         .collect();
-    let by_pod: BTreeMap<String, usize> = attachments.iter().fold(BTreeMap::new(), |mut m, a| {
-        *m.entry(a["pod"].as_str().unwrap_or_default().to_string())
-            .or_default() += 1;
-        m
-    });
+    let pods: BTreeSet<(&str, &str)> = states
+        .iter()
+        .filter(|s| !s.attachments.is_empty())
+        .map(|s| (s.pod_namespace.as_str(), s.pod_name.as_str()))
+        .collect();
     let ok = orphans.is_empty();
     Ok((
-        json!({"pods": by_pod.len(), "attachments": attachments, "orphans": orphans, "table": table, "notes": notes}),
+        json!({"pods": pods.len(), "attachments": attachments, "orphans": orphans, "table": table, "notes": notes}),
         ok,
     ))
 }
