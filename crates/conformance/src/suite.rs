@@ -291,14 +291,7 @@ impl Env {
 
     /// The IP reservations host-local holds.
     pub fn reservations(&self) -> Vec<PathBuf> {
-        files_below(&self.ipam)
-            .into_iter()
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
-            })
-            .collect()
+        world::ip_reservations(&self.ipam)
     }
 }
 

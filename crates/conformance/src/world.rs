@@ -104,6 +104,19 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The IP reservations host-local holds in its data directory `dir`: files named by
+/// an address (its `last_reserved_ip` and lock files are not reservations).
+pub fn ip_reservations(dir: &Path) -> Vec<PathBuf> {
+    files_below(dir)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
+        })
+        .collect()
+}
+
 /// A directory removed on drop.
 #[derive(Debug)]
 pub struct ScratchDir(PathBuf);

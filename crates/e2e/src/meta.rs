@@ -181,15 +181,7 @@ impl Node {
         ["cni", "devinfo", "status"]
             .iter()
             .flat_map(|d| crate::files_below(&self.world.subdir(d)))
-            .chain(
-                crate::files_below(&self.ipam_dir())
-                    .into_iter()
-                    .filter(|p| {
-                        p.file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
-                    }),
-            )
+            .chain(plexus_conformance::world::ip_reservations(&self.ipam_dir()))
             .collect()
     }
 }
