@@ -57,7 +57,42 @@ fn api_settings(cfg: &DaemonConfig) -> plexus_kube::ApiSettings {
     plexus_kube::ApiSettings::limits(None, &cfg.engine)
 }
 
+/// glibc's allocator with one arena instead of eight per core, unless the operator
+/// chose (`MALLOC_ARENA_MAX`, or `glibc.malloc.arena_max` in `GLIBC_TUNABLES`). With
+/// its defaults, plexusd's resident size kept growing with 64 pods in flight for as
+/// long as pods came and went, without a level; with one arena it levels off (see
+/// docs/reliability.md, "Memory under concurrency").
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn one_malloc_arena() {
+    let chosen = arenas_chosen(
+        std::env::var_os("MALLOC_ARENA_MAX").is_some(),
+        std::env::var("GLIBC_TUNABLES").ok().as_deref(),
+    );
+    if !chosen {
+        // SAFETY: mallopt only sets an allocator parameter; it is called before any
+        // other thread exists.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn one_malloc_arena() {}
+
+/// Whether the operator set the number of malloc arenas: `MALLOC_ARENA_MAX` is set, or
+/// `GLIBC_TUNABLES` names `glibc.malloc.arena_max`.
+fn arenas_chosen(malloc_arena_max: bool, tunables: Option<&str>) -> bool {
+    malloc_arena_max
+        || tunables.is_some_and(|t| {
+            t.split(':')
+                .any(|kv| kv.split('=').next() == Some("glibc.malloc.arena_max"))
+        })
+}
+
 fn main() -> Result<()> {
+    one_malloc_arena();
     let args = Args::parse();
     let cfg = Arc::new(DaemonConfig::load(&args.config)?);
     init_logging(&cfg.log_level);
@@ -167,4 +202,21 @@ async fn run(cfg: Arc<DaemonConfig>) -> Result<()> {
         s2.notify_one();
     });
     serve(state, listener, stop).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arenas_chosen;
+
+    #[test]
+    fn the_operators_arena_setting_wins() {
+        assert!(!arenas_chosen(false, None));
+        assert!(arenas_chosen(true, None));
+        assert!(arenas_chosen(
+            false,
+            Some("glibc.malloc.tcache_count=0:glibc.malloc.arena_max=4")
+        ));
+        assert!(!arenas_chosen(false, Some("glibc.malloc.tcache_count=0")));
+        assert!(!arenas_chosen(false, Some("glibc.malloc.arena_test=1")));
+    }
 }
