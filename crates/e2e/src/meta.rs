@@ -204,6 +204,17 @@ impl Node {
     /// A node whose Plexus reads a test API server listening on loopback in the
     /// node's host namespace, where the plugin runs.
     pub fn kube(n: usize) -> (Node, plexus_testapi::TestApiServer) {
+        Node::kube_with(
+            n,
+            plexus_testapi::Security::Tls(plexus_testapi::KeyKind::Rsa2048),
+        )
+    }
+
+    /// The same, with the test API server's transport `security`.
+    pub fn kube_with(
+        n: usize,
+        security: plexus_testapi::Security,
+    ) -> (Node, plexus_testapi::TestApiServer) {
         let mut node = Node::new(n, Mode::Local);
         let listener = node
             .world
@@ -211,14 +222,19 @@ impl Node {
             .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
             .expect("entering the host namespace")
             .expect("binding loopback in the host namespace");
-        let api = plexus_testapi::TestApiServer::start_on(listener);
+        let api = plexus_testapi::TestApiServer::start_with(listener, security);
         let kc = node.world.subdir("kube").join("config");
         api.write_kubeconfig(&kc);
-        if let Some(p) = node.conf["plexus"].as_object_mut() {
+        node.use_kubeconfig(&kc);
+        (node, api)
+    }
+
+    /// Points the node's Plexus at the API server of kubeconfig `kc` (no local mode).
+    pub fn use_kubeconfig(&mut self, kc: &Path) {
+        if let Some(p) = self.conf["plexus"].as_object_mut() {
             p.remove("local");
         }
-        node.conf["kubeconfig"] = json!(kc);
-        (node, api)
+        self.conf["kubeconfig"] = json!(kc);
     }
 }
 

@@ -855,6 +855,84 @@ fn benchmark_harness_smoke_run() {
 }
 
 #[test]
+fn benchmark_harness_runs_against_a_kubeconfig() {
+    // `--kubeconfig`: an existing cluster instead of the harness's own test API server.
+    // Here the "cluster" is a test API server on this test's loopback, outside the
+    // bench's node namespace: the meta-plugins reach it through the bench's forwarder,
+    // with TLS verified against the server's own name (tls-server-name).
+    let api = plexus_testapi::TestApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kc);
+    let bench = plexus_bin().with_file_name("plexus-bench");
+    let out = std::process::Command::new(&bench)
+        .args(["--quick", "--kinds", "noop,bridge", "--kubeconfig"])
+        .arg(&kc)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("API server: the cluster of"), "{stdout}");
+    for mode in ["delegates alone", "plexus thin", "plexus thick"] {
+        assert!(stdout.contains(mode), "{mode} missing:\n{stdout}");
+    }
+    // No filler objects; the bench's own, in its namespace, on its node.
+    let nads = api.list(Resource::Nads);
+    assert!(!nads.is_empty());
+    for n in &nads {
+        let ns = n["metadata"]["namespace"].as_str().unwrap();
+        assert!(ns.starts_with("plexus-bench-"), "{n}");
+    }
+    let pods = api.list(Resource::Pods);
+    assert!(!pods.is_empty());
+    for p in &pods {
+        let node = p["spec"]["nodeName"].as_str().unwrap();
+        assert!(node.starts_with("plexus-bench-"), "{p}");
+    }
+    // The plugins wrote their network-status through the forwarder (thin and thick).
+    let with_status = pods
+        .iter()
+        .filter(|p| {
+            p["metadata"]["annotations"]
+                .get("k8s.v1.cni.cncf.io/network-status")
+                .is_some()
+        })
+        .count();
+    assert!(
+        with_status * 2 >= pods.len(),
+        "{with_status} of {}",
+        pods.len()
+    );
+}
+
+#[test]
+fn a_benchmark_kubeconfig_that_cannot_be_used_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+         contexts: [{name: c, context: {cluster: k, user: u}}]\n\
+         clusters: [{name: k, cluster: {server: 'http://127.0.0.1:8080'}}]\nusers: [{name: u, user: {}}]\n",
+    )
+    .unwrap();
+    let bench = plexus_bin().with_file_name("plexus-bench");
+    let out = std::process::Command::new(&bench)
+        .args(["--quick", "--kubeconfig"])
+        .arg(&kc)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not an https:// URL"), "{err}");
+}
+
+#[test]
 fn fault_soak_short_run_leaves_nothing() {
     // plexus-soak (docs/reliability.md) in a short form: pods through ADD and DEL in both
     // modes, several at a time, with every fault at least once (API server down or

@@ -2,16 +2,18 @@
 //! namespaces with the real reference plugins, against the delegates alone and, when
 //! given, against another meta-plugin in the same run. See docs/benchmarks.md.
 
+mod cluster;
 mod stats;
 mod svg;
 
 use clap::Parser;
 use plexus_cni::config::NetworkConfigList;
 use plexus_cni::runtime::{Attachment, Runtime};
+use plexus_conformance::cluster::Cluster;
 use plexus_e2e::meta::{nad_object, pod_object, Daemon, Node};
 use plexus_e2e::{files_below, links, unique};
 use plexus_kubelet::testing::TestKubelet;
-use plexus_testapi::{Resource, TestApiServer};
+use plexus_testapi::{KeyKind, Resource, Security, TestApiServer};
 use serde_json::{json, Value};
 use stats::{ms, summarize, Summary};
 use std::collections::BTreeMap;
@@ -74,6 +76,50 @@ struct Args {
     /// Write the latency plot here.
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// Run against the cluster of this kubeconfig instead of the test API server: the
+    /// bench makes a namespace of its own (removed at the end) with its NADs and pods,
+    /// the pods bound to a node name no kubelet has. No filler objects are made and API
+    /// requests are not counted (the test API server counts them).
+    /// `--other-daemon` then gets the kubeconfig user's bearer token and the cluster's
+    /// CA, and the forwarder's loopback address, which the API server's certificate
+    /// must name.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The test API server's transport: `rsa` (HTTPS with an RSA 2048 serving
+    /// certificate, kubeadm's default), `ecdsa` (P-256) or `plain` (HTTP, to measure
+    /// what TLS costs).
+    #[arg(long, default_value = "rsa", value_parser = ["rsa", "ecdsa", "plain"])]
+    api: String,
+}
+
+/// Where the benchmark's Kubernetes objects are.
+enum Objects {
+    /// The repo's test API server, in the node's namespace.
+    Test(TestApiServer),
+    /// A cluster given by `--kubeconfig`.
+    Cluster(Box<ClusterObjects>),
+}
+
+struct ClusterObjects {
+    cluster: Cluster,
+    /// The bench's namespace in it, removed at the end.
+    ns: String,
+    /// The kubeconfig the meta-plugins are given, and the forwarder's address.
+    forwarded: kube::config::Kubeconfig,
+    local: std::net::SocketAddr,
+}
+
+impl Drop for ClusterObjects {
+    fn drop(&mut self) {
+        self.cluster.delete_namespace(&self.ns);
+    }
+}
+
+/// The NAD API's absence, said as such.
+fn nad_error(e: anyhow::Error) -> String {
+    format!(
+        "{e:#}: the cluster must serve NetworkAttachmentDefinitions (k8s.cni.cncf.io/v1, deploy/crd.yaml)"
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -130,7 +176,11 @@ impl Kind {
 
 struct Bench {
     node: Node,
-    api: TestApiServer,
+    api: Objects,
+    /// The namespace of the bench's NADs and pods.
+    ns: String,
+    /// The node name of its pods.
+    node_name: String,
     nad_configs: BTreeMap<String, Value>,
     thin_conf: Value,
     shim_conf: Value,
@@ -151,8 +201,49 @@ fn noop_cluster() -> Value {
            "plugins": [{"type": "plexus-test-plugin", "ip": "192.0.2.10/24"}]})
 }
 
+/// The node, the objects' place, the namespace and node name of the bench's pods.
+fn connect(args: &Args, pods: usize) -> (Node, Objects, String, String) {
+    let Some(kc) = &args.kubeconfig else {
+        let security = match args.api.as_str() {
+            "plain" => Security::Plain,
+            "ecdsa" => Security::Tls(KeyKind::EcdsaP256),
+            _ => Security::Tls(KeyKind::Rsa2048),
+        };
+        let (node, api) = Node::kube_with(pods, security);
+        return (node, Objects::Test(api), "bench".into(), "node-a".into());
+    };
+    let fail = |e: anyhow::Error| -> ! {
+        eprintln!("plexus-bench: {e:#}");
+        std::process::exit(2)
+    };
+    let mut node = Node::new(pods, plexus_e2e::meta::Mode::Local);
+    let listener = node
+        .world
+        .host
+        .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("entering the host namespace")
+        .expect("binding loopback in the host namespace");
+    let local = listener.local_addr().expect("local address");
+    let (forwarded, target) = cluster::forwarded_kubeconfig(kc, local).unwrap_or_else(|e| fail(e));
+    let path = node.world.subdir("kube").join("config");
+    cluster::write_kubeconfig(&forwarded, &path).unwrap_or_else(|e| fail(e));
+    cluster::forward(listener, target);
+    node.use_kubeconfig(&path);
+    let node_name = format!("plexus-bench-{}", unique("nod"));
+    let c = Cluster::connect(kc, &node_name, None).unwrap_or_else(|e| fail(e));
+    let ns = format!("plexus-bench-{}", unique("ns"));
+    c.create_namespace(&ns).unwrap_or_else(|e| fail(e));
+    let objects = Objects::Cluster(Box::new(ClusterObjects {
+        cluster: c,
+        ns: ns.clone(),
+        forwarded,
+        local,
+    }));
+    (node, objects, ns, node_name)
+}
+
 fn setup(args: &Args) -> Bench {
-    let (mut node, api) = Node::kube(args.churn_pods.max(1) + 1);
+    let (mut node, api, ns, node_name) = connect(args, args.churn_pods.max(1) + 1);
     let socket = node.world.subdir("kubelet").join("kubelet.sock");
     let kubelet = TestKubelet::start(&socket).expect("the test kubelet");
     node.conf["plexus"]["podResourcesSocket"] = json!(socket);
@@ -170,18 +261,62 @@ fn setup(args: &Args) -> Bench {
     }
     nad_configs.insert("churn".into(), json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": unique("cb"),
         "ipam": {"type": "host-local", "dataDir": ipam, "ranges": [[{"subnet": "203.0.113.128/25"}]]}}));
-    for (name, cfg) in &nad_configs {
-        api.put(Resource::Nads, nad_object("bench", name, cfg));
-    }
+    let device_annotations = json!({"k8s.v1.cni.cncf.io/resourceName": DEVICE_RESOURCE});
     for k in 1..=8u32 {
-        let name = format!("d{k}");
         let cfg = json!({"cniVersion": "1.0.0", "type": "plexus-test-plugin",
                          "ip": format!("198.51.100.{}/24", 220 + k), "capabilities": {"deviceID": true}});
-        let mut o = nad_object("bench", &name, &cfg);
-        o["metadata"]["annotations"] = json!({"k8s.v1.cni.cncf.io/resourceName": DEVICE_RESOURCE});
-        api.put(Resource::Nads, o);
-        nad_configs.insert(name, cfg);
+        nad_configs.insert(format!("d{k}"), cfg);
     }
+    for (name, cfg) in &nad_configs {
+        let annotations = if name.starts_with('d') {
+            device_annotations.clone()
+        } else {
+            json!({})
+        };
+        match &api {
+            Objects::Test(t) => {
+                let mut o = nad_object(&ns, name, cfg);
+                o["metadata"]["annotations"] = annotations;
+                t.put(Resource::Nads, o);
+            }
+            Objects::Cluster(c) => {
+                if let Err(e) = c.cluster.create_nad(&ns, name, Some(cfg), annotations) {
+                    eprintln!("plexus-bench: {}", nad_error(e));
+                    std::process::exit(2);
+                }
+            }
+        }
+    }
+    if let Objects::Test(api) = &api {
+        fillers(api, args);
+    }
+    let thin_conf = node.conf.clone();
+    // The daemon's configuration has no cluster network: it comes with each request,
+    // from the configuration the runtime reads (the bridge one, or the no-op one).
+    let mut shim_conf = node.shim_conf();
+    shim_conf["delegates"] = thin_conf["delegates"].clone();
+    let mut noop_thin_conf = thin_conf.clone();
+    noop_thin_conf["delegates"] = json!([noop_cluster()]);
+    let mut noop_shim_conf = shim_conf.clone();
+    noop_shim_conf["delegates"] = json!([noop_cluster()]);
+    Bench {
+        node,
+        api,
+        ns,
+        node_name,
+        nad_configs,
+        thin_conf,
+        shim_conf,
+        noop_thin_conf,
+        noop_shim_conf,
+        counter: AtomicUsize::new(0),
+        kubelet,
+    }
+}
+
+/// The objects of a busy cluster in the test API server: NADs of other namespaces,
+/// pods of this node and of others.
+fn fillers(api: &TestApiServer, args: &Args) {
     for i in 0..args.nads {
         let cfg = json!({"cniVersion": "1.0.0", "type": "bridge", "bridge": format!("f{i}")});
         api.put(
@@ -209,26 +344,6 @@ fn setup(args: &Args) -> Bench {
         );
         p["spec"]["nodeName"] = json!(format!("node-{}", 1 + i % 100));
         api.put(Resource::Pods, p);
-    }
-    let thin_conf = node.conf.clone();
-    // The daemon's configuration has no cluster network: it comes with each request,
-    // from the configuration the runtime reads (the bridge one, or the no-op one).
-    let mut shim_conf = node.shim_conf();
-    shim_conf["delegates"] = thin_conf["delegates"].clone();
-    let mut noop_thin_conf = thin_conf.clone();
-    noop_thin_conf["delegates"] = json!([noop_cluster()]);
-    let mut noop_shim_conf = shim_conf.clone();
-    noop_shim_conf["delegates"] = json!([noop_cluster()]);
-    Bench {
-        node,
-        api,
-        nad_configs,
-        thin_conf,
-        shim_conf,
-        noop_thin_conf,
-        noop_shim_conf,
-        counter: AtomicUsize::new(0),
-        kubelet,
     }
 }
 
@@ -327,19 +442,31 @@ impl Bench {
         if !devices.is_empty() {
             let ids: Vec<&str> = devices.iter().map(String::as_str).collect();
             self.kubelet
-                .allocate("bench", &name, "app", DEVICE_RESOURCE, &ids);
+                .allocate(&self.ns, &name, "app", DEVICE_RESOURCE, &ids);
         }
-        self.api.put(
-            Resource::Pods,
-            pod_object(
-                "bench",
-                &name,
-                &format!("uid-{n}"),
-                (!sel.is_empty()).then_some(sel.as_str()),
-            ),
-        );
+        let sel = (!sel.is_empty()).then_some(sel.as_str());
+        match &self.api {
+            Objects::Test(api) => {
+                api.put(
+                    Resource::Pods,
+                    pod_object(&self.ns, &name, &format!("uid-{n}"), sel),
+                );
+            }
+            Objects::Cluster(c) => {
+                let annotations = match sel {
+                    Some(s) => json!({"k8s.v1.cni.cncf.io/networks": s}),
+                    None => json!({}),
+                };
+                c.cluster
+                    .create_pod(&self.ns, &name, annotations)
+                    .unwrap_or_else(|e| panic!("creating pod {}/{name}: {e:#}", self.ns));
+                // A kubelet sets a pod's network up well after the pod is made (it is
+                // scheduled, seen, its sandbox made): the daemon's watch has it by then.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         self.node
-            .attachment(ctr, &format!("bench{n}x"), "bench", &name, &[])
+            .attachment(ctr, &format!("bench{n}x"), &self.ns, &name, &[])
     }
 
     /// One pod's ADD; returns its latency.
@@ -588,13 +715,13 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// (reads, writes other than events, event writes) of an ADD and of a DEL.
 type ApiCounts = [(usize, usize, usize); 2];
 
-fn api_requests(b: &Bench, mode: Mode) -> ApiCounts {
+fn api_requests(b: &Bench, api: &TestApiServer, mode: Mode) -> ApiCounts {
     let r = b.runner(mode, Kind::Bridge, &None);
     let nets = vec!["b1".to_string()];
     let att = b.pod(0, &nets);
     std::thread::sleep(Duration::from_millis(300)); // the daemon's watch has the pod
-    let count = |b: &Bench| {
-        let reqs = b.api.requests();
+    let count = |api: &TestApiServer| {
+        let reqs = api.requests();
         let reads = reqs
             .iter()
             .filter(|(m, p)| m == "GET" && !p.contains("watch=true"))
@@ -606,13 +733,13 @@ fn api_requests(b: &Bench, mode: Mode) -> ApiCounts {
             .count();
         (reads, writes - events, events)
     };
-    b.api.clear_requests();
+    api.clear_requests();
     b.add(&r, &att, &nets);
     std::thread::sleep(Duration::from_millis(300)); // background event writes land
-    let a = count(b);
-    b.api.clear_requests();
+    let a = count(api);
+    api.clear_requests();
     b.del(&r, &att, &nets);
-    let d = count(b);
+    let d = count(api);
     [a, d]
 }
 
@@ -651,8 +778,27 @@ fn main() {
         }
         _ => None,
     };
-    let _other_daemon = args.other_daemon.as_ref().map(|f| other_daemon(&b, f));
-    let daemon = Daemon::start(&b.node, json!({"delegates": null}));
+    let _other_daemon = args.other_daemon.as_ref().map(|f| {
+        // The in-cluster credentials the other daemon is given.
+        let (creds, addr) = match &b.api {
+            Objects::Test(api) => (
+                cluster::InCluster {
+                    token: api.token().to_string(),
+                    ca_pem: api.ca_pem().unwrap_or_default().to_string(),
+                },
+                api.addr(),
+            ),
+            Objects::Cluster(c) => match cluster::in_cluster(&c.forwarded) {
+                Ok(creds) => (creds, c.local),
+                Err(e) => {
+                    eprintln!("plexus-bench: --other-daemon: {e:#}");
+                    std::process::exit(2);
+                }
+            },
+        };
+        other_daemon(&b, &creds, addr, f)
+    });
+    let daemon = Daemon::start(&b.node, json!({"delegates": null, "nodeName": b.node_name}));
     std::thread::sleep(Duration::from_secs(2));
     let (idle_rss, idle_cpu0) = (daemon.rss_kib(), cpu_seconds(daemon.pid()));
     std::thread::sleep(Duration::from_secs(3));
@@ -681,12 +827,16 @@ fn main() {
     }
     let churn_cpu = cpu_seconds(daemon.pid()) - cpu0;
     let after_rss = daemon.rss_kib();
-    let api = [
-        (Mode::Thin, api_requests(&b, Mode::Thin)),
-        (Mode::Thick, api_requests(&b, Mode::Thick)),
-    ];
+    let api = match &b.api {
+        Objects::Test(api) => vec![
+            (Mode::Thin, api_requests(&b, api, Mode::Thin)),
+            (Mode::Thick, api_requests(&b, api, Mode::Thick)),
+        ],
+        Objects::Cluster(..) => Vec::new(),
+    };
     daemon.stop();
     let lookup = device_lookup(&b);
+    println!("API server: {}\n", server_description(&args));
     report(
         &args,
         &lat,
@@ -714,15 +864,38 @@ fn main() {
     }
 }
 
+/// What the run's API server was, for the report.
+fn server_description(args: &Args) -> String {
+    match (&args.kubeconfig, args.api.as_str()) {
+        (Some(kc), _) => format!(
+            "the cluster of {} (through the bench's forwarder; no filler objects)",
+            kc.display()
+        ),
+        (None, "plain") => "the test API server over plain HTTP, no authentication".into(),
+        (None, "ecdsa") => {
+            "the test API server over HTTPS, ECDSA P-256 serving certificate, bearer token".into()
+        }
+        (None, _) => {
+            "the test API server over HTTPS, RSA 2048 serving certificate, bearer token".into()
+        }
+    }
+}
+
 /// Starts the other meta-plugin's daemon (`--other-daemon`) in the node's host
-/// namespace, with the test API server's in-cluster credentials at hand.
-fn other_daemon(b: &Bench, file: &std::path::Path) -> plexus_conformance::candidate::Daemon {
+/// namespace, with in-cluster credentials (`creds`, the API server at `api_addr`) at
+/// hand.
+fn other_daemon(
+    b: &Bench,
+    creds: &cluster::InCluster,
+    api_addr: std::net::SocketAddr,
+    file: &std::path::Path,
+) -> plexus_conformance::candidate::Daemon {
     use plexus_conformance::candidate::{Daemon as OtherDaemon, DaemonSpec, Placeholders};
     let work = b.node.world.subdir("other");
     let sa = work.join("serviceaccount");
     std::fs::create_dir_all(&sa).expect("service account directory");
-    std::fs::write(sa.join("token"), b.api.token()).expect("token");
-    std::fs::write(sa.join("ca.crt"), b.api.ca_pem().unwrap_or_default()).expect("CA");
+    std::fs::write(sa.join("token"), &creds.token).expect("token");
+    std::fs::write(sa.join("ca.crt"), &creds.ca_pem).expect("CA");
     std::fs::write(sa.join("namespace"), "kube-system").expect("namespace");
     let cluster = work.join("cluster.conflist");
     std::fs::write(&cluster, b.thin_conf["delegates"][0].to_string()).expect("cluster conflist");
@@ -735,14 +908,14 @@ fn other_daemon(b: &Bench, file: &std::path::Path) -> plexus_conformance::candid
         run_dir: work.clone(),
         cluster,
         bin_dir: "/usr/lib/cni".into(),
-        node: "node-a".into(),
+        node: b.node_name.clone(),
         exe_dir: std::env::current_exe()
             .ok()
             .and_then(|e| e.parent().map(PathBuf::from))
             .unwrap_or_default(),
         service_account: sa,
-        api_host: b.api.addr().ip().to_string(),
-        api_port: b.api.addr().port().to_string(),
+        api_host: api_addr.ip().to_string(),
+        api_port: api_addr.port().to_string(),
     };
     let text = std::fs::read_to_string(file)
         .expect("other-daemon file")
