@@ -47,6 +47,11 @@ pub struct CniError {
     /// Longer explanation, may be empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub details: String,
+    /// The plugin was killed before it finished (at its time limit): unlike a plugin
+    /// that failed, it had no chance to undo what it had done, and only its DEL can.
+    /// Never printed.
+    #[serde(skip)]
+    pub interrupted: bool,
 }
 
 impl CniError {
@@ -57,6 +62,15 @@ impl CniError {
             code,
             msg: msg.into(),
             details: String::new(),
+            interrupted: false,
+        }
+    }
+
+    /// A plugin killed before it finished (code 11: the runtime may try again).
+    pub fn interrupted(msg: impl Into<String>) -> Self {
+        CniError {
+            interrupted: true,
+            ..CniError::new(code::TRY_AGAIN_LATER, msg)
         }
     }
 

@@ -2,7 +2,7 @@
 //! stdin/stdout/stderr handling, a timeout that kills the whole process group, and a
 //! child that dies with its parent.
 
-use crate::error::{code, CniError, Result};
+use crate::error::{CniError, Result};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -364,10 +364,9 @@ impl Prestarted for Started {
         let Some(status) = status else {
             return Err(match pumped {
                 Err(e) => CniError::io(format!("talking to {shown}: {e}")),
-                Ok(_) => CniError::new(
-                    code::TRY_AGAIN_LATER,
-                    format!("{shown} did not finish within {timeout:?} and was killed"),
-                ),
+                Ok(_) => CniError::interrupted(format!(
+                    "{shown} did not finish within {timeout:?} and was killed"
+                )),
             });
         };
         let pumped = pumped.map_err(|e| CniError::io(format!("talking to {shown}: {e}")))?;
@@ -508,6 +507,7 @@ mod tests {
         let e = sh("sleep 30 & sleep 30", Duration::from_millis(200)).unwrap_err();
         assert_eq!(e.code, 11);
         assert!(e.msg.contains("was killed"));
+        assert!(e.interrupted, "a killed plugin undid nothing");
         assert!(start.elapsed() < Duration::from_secs(10));
     }
 

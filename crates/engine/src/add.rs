@@ -213,7 +213,9 @@ impl Engine {
     ) -> Result<()> {
         for (i, p) in planned.iter().enumerate() {
             self.prestart(rt, req, &a.netns, planned.get(i + 1));
-            let one = self.add_one(rt, req, &a.netns, p)?;
+            let one = self.add_one(rt, req, &a.netns, p).inspect_err(|e| {
+                st.attachments[i].interrupted = e.interrupted;
+            })?;
             st.attachments[i].result = Some(outcome::current_value(&one.result));
             if let (Some(c), Some(pod), Some(msg)) =
                 (&self.cluster, &a.pod, outcome::added_message(&one))
@@ -374,6 +376,7 @@ pub(crate) fn to_state(p: &Planned) -> AttachmentState {
         // of one that was never added must succeed anyway (CNI §2), and one write
         // before the first delegate is cheaper than one before each.
         attempted: true,
+        interrupted: false,
         result: None,
         device_info_file: p.device_info_file.clone(),
         device: p.device.clone(),

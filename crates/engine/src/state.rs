@@ -32,6 +32,11 @@ pub struct AttachmentState {
     /// ADD was attempted (it may have failed part-way: DEL must run).
     #[serde(default)]
     pub attempted: bool,
+    /// Its ADD was killed before it finished (at the delegate's time limit), so it did
+    /// not undo what it had done: its DEL must succeed, as for an attachment that was
+    /// added, and a failed one is kept for the runtime's retry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
     /// The final ADD result (1.1.0 shape), once ADD succeeded: set in memory during the
     /// ADD; the file is written once, before the delegates, and DEL and CHECK read the
     /// results from libcni's result cache.

@@ -113,8 +113,9 @@ impl Engine {
                 Ok(()) => {}
                 // An attachment whose ADD failed had to clean up after itself (CNI §4);
                 // its DEL is best effort, or a plugin that cannot DEL what it never
-                // made (macvlan without its master) would wedge the pod for ever.
-                Err(e) if prev.is_none() => {
+                // made (macvlan without its master) would wedge the pod for ever. Not
+                // so when its plugin was killed at its time limit: only DEL undoes it.
+                Err(e) if prev.is_none() && !a.interrupted => {
                     tracing::warn!(error = %e, network = %a.name, "DEL of an attachment whose ADD failed");
                 }
                 Err(e) => {

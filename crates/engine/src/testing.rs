@@ -53,6 +53,8 @@ pub struct FakeExec {
     calls: Mutex<Vec<Call>>,
     /// `(command, plugin, ifname)` that fail with code 11.
     failing: Mutex<Vec<(String, String, String)>>,
+    /// `(command, plugin, ifname)` killed at their time limit (they undo nothing).
+    killed: Mutex<Vec<(String, String, String)>>,
     /// ADD results that ignore `runtimeConfig` (a plugin that does not honour it).
     pub ignore_requests: Mutex<bool>,
 }
@@ -61,6 +63,11 @@ impl FakeExec {
     /// Makes `command` of `plugin` on `ifname` fail.
     pub fn fail(&self, command: &str, plugin: &str, ifname: &str) {
         lock(&self.failing).push((command.into(), plugin.into(), ifname.into()));
+    }
+
+    /// Makes `command` of `plugin` on `ifname` end as one killed at its time limit.
+    pub fn kill(&self, command: &str, plugin: &str, ifname: &str) {
+        lock(&self.killed).push((command.into(), plugin.into(), ifname.into()));
     }
 
     /// Every execution so far.
@@ -145,6 +152,12 @@ impl Exec for FakeExec {
             call.plugin.clone(),
             call.ifname.clone(),
         );
+        if lock(&self.killed).contains(&key) {
+            return Err(CniError::interrupted(format!(
+                "{} did not finish within 1s and was killed",
+                call.short()
+            )));
+        }
         if lock(&self.failing).contains(&key) {
             let e = CniError::new(11, format!("{} told to fail", call.short()));
             return Ok(ExecOutput {

@@ -94,3 +94,57 @@ fn del_after_a_state_file_cut_short_plans_again() {
     );
     assert!(f.files().is_empty(), "left: {:?}", f.files());
 }
+
+#[test]
+fn a_failed_del_of_a_delegate_that_failed_its_add_is_best_effort() {
+    // CNI §4: a plugin whose ADD failed cleaned up after itself; a DEL that cannot undo
+    // what was never made (macvlan without its master) must not wedge the pod.
+    let f = Fixture::new();
+    f.cluster.nad("demo", "a", net("a", "macvlan", json!({})));
+    f.cluster.pod("demo", "p", &[(NETWORKS_ANNOTATION, "a")]);
+    f.exec.fail("ADD", "macvlan", "net1");
+    f.exec.fail("DEL", "macvlan", "net1");
+    let e = f.engine(json!({}));
+    assert_eq!(e.add(&f.req("c1", "demo", "p")).unwrap_err().code, 11);
+    assert!(f.files().is_empty(), "left behind: {:?}", f.files());
+}
+
+#[test]
+fn a_delegate_killed_at_its_time_limit_is_deleted_until_its_del_succeeds() {
+    // Killed before it finished, the plugin undid nothing (host-local's reservation,
+    // a half-made link): a failed DEL of it is kept for the runtime's retry, as for an
+    // attachment that was added.
+    let f = Fixture::new();
+    f.cluster.nad("demo", "a", net("a", "macvlan", json!({})));
+    f.cluster.pod("demo", "p", &[(NETWORKS_ANNOTATION, "a")]);
+    f.exec.kill("ADD", "macvlan", "net1");
+    f.exec.fail("DEL", "macvlan", "net1");
+    let e = f.engine(json!({}));
+    let err = e.add(&f.req("c1", "demo", "p")).unwrap_err();
+    assert!(err.msg.contains("was killed"), "{}", err.msg);
+    assert_eq!(
+        f.exec.log(),
+        [
+            "ADD bridge eth0",
+            "ADD macvlan net1",
+            "DEL macvlan net1",
+            "DEL bridge eth0"
+        ]
+    );
+    let st = e.state().load("c1").unwrap().unwrap();
+    let left: Vec<(&str, bool)> = st
+        .attachments
+        .iter()
+        .map(|a| (a.ifname.as_str(), a.interrupted))
+        .collect();
+    assert_eq!(left, [("net1", true)]);
+    // The runtime's DEL (after a failed ADD, CNI §4) redoes it, and only it.
+    let f2 = Fixture {
+        exec: Default::default(),
+        ..f
+    };
+    let e = f2.engine(json!({}));
+    e.del(&f2.req("c1", "demo", "p")).unwrap();
+    assert_eq!(f2.exec.log(), ["DEL macvlan net1"]);
+    assert!(f2.files().is_empty(), "left: {:?}", f2.files());
+}

@@ -147,6 +147,12 @@ impl Soak {
         // An outage lasts through the ADD and the DEL: DEL must work without the API.
         let outage = (f == Fault::ApiDown).then(|| self.api_down());
         let added = self.add(rng, f, &att);
+        // A delegate killed at its time limit (`delegateTimeoutSeconds`, 1 s here) is
+        // killed mid-ADD as surely as by the soak: on a loaded machine a macvlan ADD
+        // can take that long.
+        let timed_out = added
+            .as_ref()
+            .is_err_and(|e| e.contains("did not finish within"));
         let ns = match f {
             Fault::NetnsGone => {
                 if let Err(e) = ns.remove() {
@@ -163,7 +169,7 @@ impl Soak {
                 .into_iter()
                 .filter(|(name, _)| name != "lo")
                 .collect();
-            let killed_mid_add = f == Fault::Killed;
+            let killed_mid_add = f == Fault::Killed || timed_out;
             if killed_mid_add && !left.is_empty() && left.iter().all(|(l, k)| half_made(l, k)) {
                 lock(&self.tally).half_made += 1;
             } else if !left.is_empty() {
@@ -179,7 +185,7 @@ impl Soak {
         lock(&self.api).delete(Resource::Pods, "soak", &pod);
         let mut t = lock(&self.tally);
         *t.cycles.entry(f).or_default() += 1;
-        if added {
+        if added.is_ok() {
             *t.add_ok.entry(f).or_default() += 1;
         }
         let took = started.elapsed();
@@ -189,19 +195,22 @@ impl Soak {
     }
 
     /// The ADD, with the fault of the cycle; true when it succeeded.
-    fn add(&self, rng: &mut fastrand::Rng, f: Fault, att: &Attachment) -> bool {
+    /// The ADD; its error's text when it failed.
+    fn add(&self, rng: &mut fastrand::Rng, f: Fault, att: &Attachment) -> Result<(), String> {
+        let done =
+            |r: plexus_cni::Result<plexus_cni::CniResult>| r.map(|_| ()).map_err(|e| e.to_string());
         match f {
             Fault::ApiErrors => {
                 lock(&self.api).fail_next(rng.usize(1..4), 503);
-                self.node.add(att).is_ok()
+                done(self.node.add(att))
             }
             Fault::Killed => self.killed_add(rng, att),
-            _ => self.node.add(att).is_ok(),
+            _ => done(self.node.add(att)),
         }
     }
 
     /// An ADD whose plugin (thin) or daemon (thick) is killed after a random delay.
-    fn killed_add(&self, rng: &mut fastrand::Rng, att: &Attachment) -> bool {
+    fn killed_add(&self, rng: &mut fastrand::Rng, att: &Attachment) -> Result<(), String> {
         let _one = lock(&self.chaos);
         let delay = Duration::from_millis(rng.u64(0..40));
         std::thread::scope(|s| {
@@ -221,7 +230,10 @@ impl Soak {
                 // The plugin may have finished between the look-up and the kill.
                 try_kill_9(pid);
             }
-            adding.join().is_ok_and(|r| r.is_ok())
+            match adding.join() {
+                Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+                Err(_) => Err("the ADD's thread panicked".into()),
+            }
         })
     }
 
