@@ -922,14 +922,32 @@ fn a_benchmark_kubeconfig_that_cannot_be_used_is_refused_clearly() {
     )
     .unwrap();
     let bench = plexus_bin().with_file_name("plexus-bench");
-    let out = std::process::Command::new(&bench)
+    let child = std::process::Command::new(&bench)
         .args(["--quick", "--kubeconfig"])
         .arg(&kc)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not an https:// URL"), "{err}");
+    // Refused before anything was made: no namespace of the bench's (their names carry
+    // its process ID).
+    let mine = format!("{:05x}", pid & 0xfffff);
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !left.iter().any(|n| n.get(3..8) == Some(mine.as_str())),
+        "left behind: {left:?}"
+    );
 }
 
 #[test]

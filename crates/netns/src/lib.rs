@@ -303,7 +303,20 @@ fn remove_path(name: &str, path: &Path) -> Result<()> {
             })
         }
     }
-    match std::fs::remove_file(path) {
+    let mut removed = std::fs::remove_file(path);
+    if removed
+        .as_ref()
+        .is_err_and(|e| e.raw_os_error() == Some(nix::libc::EBUSY))
+    {
+        // A recursive bind mount of a directory above it, made while it was mounted
+        // (a host root bound under a daemon's chroot directory), holds a copy of its
+        // mount, which keeps the file a mount point: those copies go first.
+        for copy in copies_of(path) {
+            let _ = nix::mount::umount2(copy.as_path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        removed = std::fs::remove_file(path);
+    }
+    match removed {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(NetnsError::Manage {
             name: name.into(),
             op: "remove mount point",
@@ -311,6 +324,25 @@ fn remove_path(name: &str, path: &Path) -> Result<()> {
         }),
         _ => Ok(()),
     }
+}
+
+/// The mount points of this mount namespace that end in `path` without being it:
+/// where recursive bind mounts of its parents show it.
+fn copies_of(path: &Path) -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    mount_points_ending_in(&info, path)
+}
+
+fn mount_points_ending_in(mountinfo: &str, path: &Path) -> Vec<PathBuf> {
+    let want = path.to_string_lossy();
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| *m != want && m.ends_with(want.as_ref()))
+        .map(PathBuf::from)
+        .collect()
 }
 
 impl Drop for NamedNetNs {
@@ -324,6 +356,44 @@ impl Drop for NamedNetNs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_are_the_mount_points_ending_in_the_path() {
+        let info = "36 25 0:4 net:[1] /run/netns/a rw shared:5 - nsfs nsfs rw\n\
+                    90 88 0:4 net:[1] /srv/root/run/netns/a rw - nsfs nsfs rw\n\
+                    91 88 0:4 net:[2] /srv/root/run/netns/ab rw - nsfs nsfs rw\n";
+        assert_eq!(
+            mount_points_ending_in(info, Path::new("/run/netns/a")),
+            [PathBuf::from("/srv/root/run/netns/a")]
+        );
+    }
+
+    #[test]
+    fn a_namespace_is_removed_while_a_recursive_bind_of_the_root_shows_it() {
+        // A host root bound under a chroot directory (the DaemonSet's /hostroot, the
+        // thick tests' HostRoot) copies every namespace mounted at that moment.
+        if !nix::unistd::Uid::effective().is_root() {
+            return; // mounting needs root; the test suite runs as root
+        }
+        let name = format!("plxcopy{}", std::process::id());
+        let ns = NamedNetNs::create(&name).unwrap();
+        let root = std::env::temp_dir().join(format!("plexus-netns-root-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        nix::mount::mount(
+            Some("/"),
+            &root,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .unwrap();
+        let path = ns.path().to_path_buf();
+        let removed = ns.remove();
+        let _ = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&root);
+        removed.unwrap();
+        assert!(!path.exists(), "{} left behind", path.display());
+    }
 
     #[test]
     fn errors_print_their_cause_once() {

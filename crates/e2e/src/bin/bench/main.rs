@@ -6,6 +6,7 @@ mod cluster;
 mod stats;
 mod svg;
 
+use anyhow::Context;
 use clap::Parser;
 use plexus_cni::config::NetworkConfigList;
 use plexus_cni::runtime::{Attachment, Runtime};
@@ -202,7 +203,7 @@ fn noop_cluster() -> Value {
 }
 
 /// The node, the objects' place, the namespace and node name of the bench's pods.
-fn connect(args: &Args, pods: usize) -> (Node, Objects, String, String) {
+fn connect(args: &Args, pods: usize) -> anyhow::Result<(Node, Objects, String, String)> {
     let Some(kc) = &args.kubeconfig else {
         let security = match args.api.as_str() {
             "plain" => Security::Plain,
@@ -210,12 +211,13 @@ fn connect(args: &Args, pods: usize) -> (Node, Objects, String, String) {
             _ => Security::Tls(KeyKind::Rsa2048),
         };
         let (node, api) = Node::kube_with(pods, security);
-        return (node, Objects::Test(api), "bench".into(), "node-a".into());
+        return Ok((node, Objects::Test(api), "bench".into(), "node-a".into()));
     };
-    let fail = |e: anyhow::Error| -> ! {
-        eprintln!("plexus-bench: {e:#}");
-        std::process::exit(2)
-    };
+    // What the kubeconfig must hold is checked before anything is made.
+    let (checked, _) = cluster::forwarded_kubeconfig(kc, ([127, 0, 0, 1], 0).into())?;
+    if args.other_daemon.is_some() {
+        cluster::in_cluster(&checked).context("--other-daemon")?;
+    }
     let mut node = Node::new(pods, plexus_e2e::meta::Mode::Local);
     let listener = node
         .world
@@ -224,26 +226,27 @@ fn connect(args: &Args, pods: usize) -> (Node, Objects, String, String) {
         .expect("entering the host namespace")
         .expect("binding loopback in the host namespace");
     let local = listener.local_addr().expect("local address");
-    let (forwarded, target) = cluster::forwarded_kubeconfig(kc, local).unwrap_or_else(|e| fail(e));
+    let (forwarded, target) = cluster::forwarded_kubeconfig(kc, local)?;
     let path = node.world.subdir("kube").join("config");
-    cluster::write_kubeconfig(&forwarded, &path).unwrap_or_else(|e| fail(e));
+    cluster::write_kubeconfig(&forwarded, &path)?;
     cluster::forward(listener, target);
     node.use_kubeconfig(&path);
     let node_name = format!("plexus-bench-{}", unique("nod"));
-    let c = Cluster::connect(kc, &node_name, None).unwrap_or_else(|e| fail(e));
+    let c = Cluster::connect(kc, &node_name, None)?;
     let ns = format!("plexus-bench-{}", unique("ns"));
-    c.create_namespace(&ns).unwrap_or_else(|e| fail(e));
+    c.create_namespace(&ns)?;
     let objects = Objects::Cluster(Box::new(ClusterObjects {
         cluster: c,
         ns: ns.clone(),
         forwarded,
         local,
     }));
-    (node, objects, ns, node_name)
+    Ok((node, objects, ns, node_name))
 }
 
-fn setup(args: &Args) -> Bench {
-    let (mut node, api, ns, node_name) = connect(args, args.churn_pods.max(1) + 1);
+/// The node, its objects and the bench's NADs; an error once what was made is gone.
+fn setup(args: &Args) -> anyhow::Result<Bench> {
+    let (mut node, api, ns, node_name) = connect(args, args.churn_pods.max(1) + 1)?;
     let socket = node.world.subdir("kubelet").join("kubelet.sock");
     let kubelet = TestKubelet::start(&socket).expect("the test kubelet");
     node.conf["plexus"]["podResourcesSocket"] = json!(socket);
@@ -281,8 +284,7 @@ fn setup(args: &Args) -> Bench {
             }
             Objects::Cluster(c) => {
                 if let Err(e) = c.cluster.create_nad(&ns, name, Some(cfg), annotations) {
-                    eprintln!("plexus-bench: {}", nad_error(e));
-                    std::process::exit(2);
+                    return Err(anyhow::anyhow!(nad_error(e)));
                 }
             }
         }
@@ -299,7 +301,7 @@ fn setup(args: &Args) -> Bench {
     noop_thin_conf["delegates"] = json!([noop_cluster()]);
     let mut noop_shim_conf = shim_conf.clone();
     noop_shim_conf["delegates"] = json!([noop_cluster()]);
-    Bench {
+    Ok(Bench {
         node,
         api,
         ns,
@@ -311,7 +313,7 @@ fn setup(args: &Args) -> Bench {
         noop_shim_conf,
         counter: AtomicUsize::new(0),
         kubelet,
-    }
+    })
 }
 
 /// The objects of a busy cluster in the test API server: NADs of other namespaces,
@@ -754,7 +756,11 @@ fn main() {
         args.node_pods = 10;
         args.other_pods = 100;
     }
-    let b = setup(&args);
+    // Nothing is left behind on an error: what setup made is dropped before the exit.
+    let b = setup(&args).unwrap_or_else(|e| {
+        eprintln!("plexus-bench: {e:#}");
+        std::process::exit(2)
+    });
     let kubeconfig = b.thin_conf["kubeconfig"].clone();
     let other = match (&args.other_bin, &args.other_conf) {
         (Some(bin), Some(conf)) => {
@@ -788,12 +794,10 @@ fn main() {
                 },
                 api.addr(),
             ),
+            // Checked in `connect`; a panic unwinds and removes what was made.
             Objects::Cluster(c) => match cluster::in_cluster(&c.forwarded) {
                 Ok(creds) => (creds, c.local),
-                Err(e) => {
-                    eprintln!("plexus-bench: --other-daemon: {e:#}");
-                    std::process::exit(2);
-                }
+                Err(e) => panic!("--other-daemon: {e:#}"),
             },
         };
         other_daemon(&b, &creds, addr, f)
