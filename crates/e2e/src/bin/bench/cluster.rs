@@ -13,12 +13,15 @@ use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::Path;
 
 /// Where `server` (an `https://` URL of a kubeconfig) is: its host, as certificates
-/// name it, and its port.
-pub fn server_host_port(server: &str) -> Result<(String, u16)> {
+/// name it, its port, and the URL's path after them (empty, or from its `/`).
+pub fn server_parts(server: &str) -> Result<(String, u16, String)> {
     let rest = server
         .strip_prefix("https://")
         .ok_or_else(|| anyhow!("kubeconfig: server {server:?} is not an https:// URL"))?;
-    let authority = rest.split('/').next().unwrap_or_default();
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
     let (host, port) = match authority.strip_prefix('[') {
         Some(v6) => {
             let (h, after) = v6
@@ -40,51 +43,71 @@ pub fn server_host_port(server: &str) -> Result<(String, u16)> {
             .parse()
             .map_err(|_| anyhow!("kubeconfig: server {server:?}: bad port {p:?}"))?,
     };
-    Ok((host.to_string(), port))
+    Ok((host.to_string(), port, path.to_string()))
 }
 
-/// The user's kubeconfig, rewritten for the forwarder at `local`: the current
-/// context's cluster gets `server` at `local` (the original URL's path kept) and
-/// `tls-server-name` the original host unless it has one. Returns it and the address
-/// the forwarder relays to.
-pub fn forwarded_kubeconfig(path: &Path, local: SocketAddr) -> Result<(Kubeconfig, SocketAddr)> {
-    let mut kc =
-        Kubeconfig::read_from(path).with_context(|| format!("kubeconfig {}", path.display()))?;
-    let (cluster_name, _) =
-        current(&kc).with_context(|| format!("kubeconfig {}", path.display()))?;
-    let cluster = kc
-        .clusters
-        .iter_mut()
-        .find(|c| c.name == cluster_name)
-        .and_then(|c| c.cluster.as_mut())
-        .ok_or_else(|| {
-            anyhow!(
-                "kubeconfig {}: cluster {cluster_name:?} is not defined",
-                path.display()
-            )
-        })?;
-    let server = cluster.server.clone().ok_or_else(|| {
-        anyhow!(
-            "kubeconfig {}: cluster {cluster_name:?} has no server",
-            path.display()
-        )
-    })?;
-    let (host, port) = server_host_port(&server)?;
-    let target = (host.as_str(), port)
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {host}"))?
-        .next()
-        .ok_or_else(|| anyhow!("{host} resolves to no address"))?;
-    let path_part = server
-        .trim_start_matches("https://")
-        .split_once('/')
-        .map(|(_, p)| format!("/{p}"))
-        .unwrap_or_default();
-    cluster.server = Some(format!("https://{local}{path_part}"));
-    if cluster.tls_server_name.is_none() {
-        cluster.tls_server_name = Some(host);
+/// The cluster of a kubeconfig's current context, read and checked once: where the
+/// forwarder relays to, and the kubeconfig to rewrite for it.
+pub struct Remote {
+    kubeconfig: Kubeconfig,
+    /// The current context's cluster.
+    cluster: String,
+    /// The API server's host and the path of its URL.
+    host: String,
+    path: String,
+    /// The address the forwarder connects to.
+    pub target: SocketAddr,
+}
+
+impl Remote {
+    /// Reads the kubeconfig at `path` and resolves its current cluster's server.
+    pub fn read(path: &Path) -> Result<Remote> {
+        let shown = || format!("kubeconfig {}", path.display());
+        let kubeconfig = Kubeconfig::read_from(path).with_context(shown)?;
+        let (cluster, _) = current(&kubeconfig).with_context(shown)?;
+        let server = kubeconfig
+            .clusters
+            .iter()
+            .find(|c| c.name == cluster)
+            .and_then(|c| c.cluster.as_ref())
+            .ok_or_else(|| anyhow!("{}: cluster {cluster:?} is not defined", shown()))?
+            .server
+            .clone()
+            .ok_or_else(|| anyhow!("{}: cluster {cluster:?} has no server", shown()))?;
+        let (host, port, path) = server_parts(&server)?;
+        let target = (host.as_str(), port)
+            .to_socket_addrs()
+            .with_context(|| format!("resolving {host}"))?
+            .next()
+            .ok_or_else(|| anyhow!("{host} resolves to no address"))?;
+        Ok(Remote {
+            kubeconfig,
+            cluster,
+            host,
+            path,
+            target,
+        })
     }
-    Ok((kc, target))
+
+    /// The user's kubeconfig, rewritten for the forwarder at `local`: the current
+    /// context's cluster gets `server` at `local` (the original URL's path kept) and
+    /// `tls-server-name` the original host unless it has one.
+    pub fn forwarded(&self, local: SocketAddr) -> Kubeconfig {
+        let mut kc = self.kubeconfig.clone();
+        let named = kc.clusters.iter_mut().find(|c| c.name == self.cluster);
+        if let Some(cluster) = named.and_then(|c| c.cluster.as_mut()) {
+            cluster.server = Some(format!("https://{local}{}", self.path));
+            if cluster.tls_server_name.is_none() {
+                cluster.tls_server_name = Some(self.host.clone());
+            }
+        }
+        kc
+    }
+
+    /// Its in-cluster credentials (see [`in_cluster`]).
+    pub fn in_cluster(&self) -> Result<InCluster> {
+        in_cluster(&self.kubeconfig)
+    }
 }
 
 /// The current context's cluster and user names.
@@ -196,8 +219,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn servers_host_and_port() {
-        let hp = |s| server_host_port(s).unwrap();
+    fn servers_host_port_and_path() {
+        let hp = |s| {
+            let (h, p, _) = server_parts(s).unwrap();
+            (h, p)
+        };
         assert_eq!(hp("https://10.0.0.5:6443"), ("10.0.0.5".into(), 6443));
         assert_eq!(
             hp("https://api.example.com"),
@@ -212,13 +238,15 @@ mod tests {
             ("2001:db8::1".into(), 6443)
         );
         assert_eq!(hp("https://[2001:db8::1]"), ("2001:db8::1".into(), 443));
+        assert_eq!(server_parts("https://h:1/prefix/").unwrap().2, "/prefix/");
+        assert_eq!(server_parts("https://h:1").unwrap().2, "");
         for bad in [
             "http://10.0.0.5:8080",
             "https://",
             "https://[2001:db8::1",
             "https://h:x",
         ] {
-            assert!(server_host_port(bad).is_err(), "{bad}");
+            assert!(server_parts(bad).is_err(), "{bad}");
         }
     }
 
@@ -236,8 +264,9 @@ mod tests {
         )
         .unwrap();
         let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        let (kc, target) = forwarded_kubeconfig(&p, local).unwrap();
-        assert_eq!(target, "127.0.0.1:6443".parse().unwrap());
+        let remote = Remote::read(&p).unwrap();
+        let kc = remote.forwarded(local);
+        assert_eq!(remote.target, "127.0.0.1:6443".parse().unwrap());
         let c = kc.clusters[0].cluster.as_ref().unwrap();
         assert_eq!(c.server.as_deref(), Some("https://127.0.0.1:40000/x"));
         assert_eq!(c.tls_server_name.as_deref(), Some("127.0.0.1"));
@@ -262,7 +291,7 @@ mod tests {
             "apiVersion: v1\nkind: Config\ncurrent-context: gone\nclusters: []\ncontexts: []\n",
         )
         .unwrap();
-        let e = forwarded_kubeconfig(&p, "127.0.0.1:1".parse().unwrap()).unwrap_err();
+        let e = Remote::read(&p).err().unwrap();
         assert!(
             format!("{e:#}").contains("\"gone\" is not defined"),
             "{e:#}"

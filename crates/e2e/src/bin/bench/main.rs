@@ -105,8 +105,8 @@ struct ClusterObjects {
     cluster: Cluster,
     /// The bench's namespace in it, removed at the end.
     ns: String,
-    /// The kubeconfig the meta-plugins are given, and the forwarder's address.
-    forwarded: kube::config::Kubeconfig,
+    /// The kubeconfig's cluster, and the forwarder's address.
+    remote: cluster::Remote,
     local: std::net::SocketAddr,
 }
 
@@ -214,9 +214,9 @@ fn connect(args: &Args, pods: usize) -> anyhow::Result<(Node, Objects, String, S
         return Ok((node, Objects::Test(api), "bench".into(), "node-a".into()));
     };
     // What the kubeconfig must hold is checked before anything is made.
-    let (checked, _) = cluster::forwarded_kubeconfig(kc, ([127, 0, 0, 1], 0).into())?;
+    let remote = cluster::Remote::read(kc)?;
     if args.other_daemon.is_some() {
-        cluster::in_cluster(&checked).context("--other-daemon")?;
+        remote.in_cluster().context("--other-daemon")?;
     }
     let mut node = Node::new(pods, plexus_e2e::meta::Mode::Local);
     let listener = node
@@ -226,10 +226,9 @@ fn connect(args: &Args, pods: usize) -> anyhow::Result<(Node, Objects, String, S
         .expect("entering the host namespace")
         .expect("binding loopback in the host namespace");
     let local = listener.local_addr().expect("local address");
-    let (forwarded, target) = cluster::forwarded_kubeconfig(kc, local)?;
     let path = node.world.subdir("kube").join("config");
-    cluster::write_kubeconfig(&forwarded, &path)?;
-    cluster::forward(listener, target);
+    cluster::write_kubeconfig(&remote.forwarded(local), &path)?;
+    cluster::forward(listener, remote.target);
     node.use_kubeconfig(&path);
     let node_name = format!("plexus-bench-{}", unique("nod"));
     let c = Cluster::connect(kc, &node_name, None)?;
@@ -238,7 +237,7 @@ fn connect(args: &Args, pods: usize) -> anyhow::Result<(Node, Objects, String, S
     let objects = Objects::Cluster(Box::new(ClusterObjects {
         cluster: c,
         ns: ns.clone(),
-        forwarded,
+        remote,
         local,
     }));
     Ok((node, objects, ns, node_name))
@@ -456,7 +455,7 @@ impl Bench {
             }
             Objects::Cluster(c) => {
                 let annotations = match sel {
-                    Some(s) => json!({"k8s.v1.cni.cncf.io/networks": s}),
+                    Some(s) => json!({ plexus_conformance::cluster::NETWORKS: s }),
                     None => json!({}),
                 };
                 c.cluster
@@ -795,7 +794,7 @@ fn main() {
                 api.addr(),
             ),
             // Checked in `connect`; a panic unwinds and removes what was made.
-            Objects::Cluster(c) => match cluster::in_cluster(&c.forwarded) {
+            Objects::Cluster(c) => match c.remote.in_cluster() {
                 Ok(creds) => (creds, c.local),
                 Err(e) => panic!("--other-daemon: {e:#}"),
             },

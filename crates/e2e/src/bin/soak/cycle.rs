@@ -197,15 +197,13 @@ impl Soak {
     /// The ADD, with the fault of the cycle; true when it succeeded.
     /// The ADD; its error's text when it failed.
     fn add(&self, rng: &mut fastrand::Rng, f: Fault, att: &Attachment) -> Result<(), String> {
-        let done =
-            |r: plexus_cni::Result<plexus_cni::CniResult>| r.map(|_| ()).map_err(|e| e.to_string());
         match f {
             Fault::ApiErrors => {
                 lock(&self.api).fail_next(rng.usize(1..4), 503);
-                done(self.node.add(att))
+                outcome(self.node.add(att))
             }
             Fault::Killed => self.killed_add(rng, att),
-            _ => done(self.node.add(att)),
+            _ => outcome(self.node.add(att)),
         }
     }
 
@@ -231,7 +229,7 @@ impl Soak {
                 try_kill_9(pid);
             }
             match adding.join() {
-                Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+                Ok(r) => outcome(r),
                 Err(_) => Err("the ADD's thread panicked".into()),
             }
         })
@@ -348,4 +346,9 @@ fn comm(pid: u64) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
         .map(|s| s.trim().to_string())
+}
+
+/// An ADD's outcome as the cycle keeps it: its error's text when it failed.
+fn outcome(r: plexus_cni::Result<plexus_cni::CniResult>) -> Result<(), String> {
+    r.map(|_| ()).map_err(|e| e.to_string())
 }
