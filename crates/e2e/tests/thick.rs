@@ -849,7 +849,12 @@ fn benchmark_harness_smoke_run() {
     ] {
         assert!(stdout.contains(table), "{table} missing:\n{stdout}");
     }
-    for mode in ["delegates alone", "plexus thin", "plexus thick"] {
+    for mode in [
+        "delegates alone",
+        "plexus thin",
+        "plexus thick",
+        "thick floor",
+    ] {
         assert!(stdout.contains(mode), "{mode} missing:\n{stdout}");
     }
 }
@@ -878,7 +883,12 @@ fn benchmark_harness_runs_against_a_kubeconfig() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("API server: the cluster of"), "{stdout}");
-    for mode in ["delegates alone", "plexus thin", "plexus thick"] {
+    for mode in [
+        "delegates alone",
+        "plexus thin",
+        "plexus thick",
+        "thick floor",
+    ] {
         assert!(stdout.contains(mode), "{mode} missing:\n{stdout}");
     }
     // No filler objects; the bench's own, in its namespace, on its node.
@@ -908,6 +918,16 @@ fn benchmark_harness_runs_against_a_kubeconfig() {
         "{with_status} of {}",
         pods.len()
     );
+    // The thick floor's server wrote its status too (its entries' addresses are its own).
+    let by_floor = pods
+        .iter()
+        .filter(|p| {
+            p["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"]
+                .as_str()
+                .is_some_and(|s| s.contains("02:00:00:00:00:00"))
+        })
+        .count();
+    assert!(by_floor > 0, "no status written by the thick floor");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! given, against another meta-plugin in the same run. See docs/benchmarks.md.
 
 mod cluster;
+mod floor;
 mod stats;
 mod svg;
 
@@ -354,6 +355,8 @@ enum Mode {
     Thin,
     Thick,
     Other,
+    /// Thick mode's floor: the shim and one status write (floor.rs).
+    Floor,
 }
 
 impl Mode {
@@ -363,6 +366,7 @@ impl Mode {
             Mode::Thin => "plexus thin",
             Mode::Thick => "plexus thick",
             Mode::Other => "other meta-plugin",
+            Mode::Floor => "thick floor",
         }
     }
 }
@@ -376,7 +380,14 @@ struct Runner {
 }
 
 impl Bench {
-    fn runner(&self, mode: Mode, kind: Kind, other: &Option<(PathBuf, Value)>) -> Runner {
+    /// The runner of `mode` for `kind`; `floor`: the floor mode's shim configuration.
+    fn runner(
+        &self,
+        mode: Mode,
+        kind: Kind,
+        other: &Option<(PathBuf, Value)>,
+        floor: &Value,
+    ) -> Runner {
         let mut paths = self.node.rt.paths.clone();
         let noop = matches!(kind, Kind::Noop | Kind::Device);
         let cluster = if noop {
@@ -401,6 +412,7 @@ impl Bench {
             Mode::Thick if noop => self.noop_shim_conf.clone(),
             Mode::Thin => self.thin_conf.clone(),
             Mode::Thick => self.shim_conf.clone(),
+            Mode::Floor => floor.clone(),
             Mode::Other => {
                 let (bin, conf) = other.clone().expect("other meta-plugin");
                 paths.insert(0, bin.parent().map(PathBuf::from).unwrap_or_default());
@@ -532,7 +544,13 @@ impl Bench {
     }
 }
 
-fn latency(b: &Bench, args: &Args, modes: &[Mode], other: &Option<(PathBuf, Value)>) -> Latencies {
+fn latency(
+    b: &Bench,
+    args: &Args,
+    modes: &[Mode],
+    other: &Option<(PathBuf, Value)>,
+    floor: &floor::Floor,
+) -> Latencies {
     let mut out = BTreeMap::new();
     let mut cases: Vec<(usize, Kind)> = Vec::new();
     for &k in &args.networks {
@@ -557,7 +575,11 @@ fn latency(b: &Bench, args: &Args, modes: &[Mode], other: &Option<(PathBuf, Valu
             .copied()
             .filter(|m| !(matches!(kind, Kind::Noop | Kind::Device) && *m == Mode::Other))
             .collect();
-        let runners: Vec<Runner> = modes.iter().map(|&m| b.runner(m, kind, other)).collect();
+        let floor_conf = floor.shim_conf(&nets);
+        let runners: Vec<Runner> = modes
+            .iter()
+            .map(|&m| b.runner(m, kind, other, &floor_conf))
+            .collect();
         // One warm-up pod per mode, not counted (page cache, first exec of each plugin).
         for r in &runners {
             let att = b.pod(0, &nets);
@@ -636,7 +658,7 @@ fn churn(
     inflight: usize,
     rss_peak: Option<(&AtomicBool, u32, &AtomicU64)>,
 ) -> ChurnResult {
-    let r = b.runner(mode, Kind::Bridge, &None);
+    let r = b.runner(mode, Kind::Bridge, &None, &Value::Null);
     let nets = vec!["churn".to_string()];
     let atts: Vec<Attachment> = (0..args.churn_pods).map(|j| b.pod(j + 1, &nets)).collect();
     std::thread::sleep(Duration::from_millis(300));
@@ -717,7 +739,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 type ApiCounts = [(usize, usize, usize); 2];
 
 fn api_requests(b: &Bench, api: &TestApiServer, mode: Mode) -> ApiCounts {
-    let r = b.runner(mode, Kind::Bridge, &None);
+    let r = b.runner(mode, Kind::Bridge, &None, &Value::Null);
     let nets = vec!["b1".to_string()];
     let att = b.pod(0, &nets);
     std::thread::sleep(Duration::from_millis(300)); // the daemon's watch has the pod
@@ -807,11 +829,18 @@ fn main() {
     std::thread::sleep(Duration::from_secs(3));
     let idle_cpu = cpu_seconds(daemon.pid()) - idle_cpu0;
 
-    let mut modes = vec![Mode::Baseline, Mode::Thin, Mode::Thick];
+    let floor = floor::Floor::start(
+        &b.node.world.host.open().expect("the host namespace"),
+        &b.node.world.subdir("floor"),
+        kubeconfig.as_str().unwrap_or_default().as_ref(),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut modes = vec![Mode::Baseline, Mode::Thin, Mode::Thick, Mode::Floor];
     if other.is_some() {
         modes.push(Mode::Other);
     }
-    let lat = latency(&b, &args, &modes, &other);
+    let lat = latency(&b, &args, &modes, &other, &floor);
+    drop(floor);
     let mut churns = Vec::new();
     let stop = AtomicBool::new(false);
     let peak = AtomicU64::new(0);
@@ -993,9 +1022,11 @@ fn report(
     println!(
         "Median of the mode minus median of the delegates alone; in brackets the median of the"
     );
-    println!("per-round differences (each round runs one pod of every mode back to back).\n");
+    println!("per-round differences (each round runs one pod of every mode back to back).");
+    println!("Thick floor: the shim's ADD answered by a server that only writes the status (no");
+    println!("delegates), its median; thick / floor: thick ADD's overhead (paired) over it.\n");
     println!(
-        "| networks | kind | thin ADD | thin DEL | thick ADD | thick DEL |{}",
+        "| networks | kind | thin ADD | thin DEL | thick ADD | thick DEL | thick floor ADD | thick / floor |{}",
         if with_other {
             " other ADD | overhead thin / other | overhead thick / other |"
         } else {
@@ -1003,7 +1034,7 @@ fn report(
         }
     );
     println!(
-        "|---|---|---|---|---|---|{}",
+        "|---|---|---|---|---|---|---|---|{}",
         if with_other { "---|---|---|" } else { "" }
     );
     let keys: Vec<(usize, Kind)> = lat
@@ -1023,13 +1054,15 @@ fn report(
                 paired_median(m, b)
             )
         };
+        let floor = summarize(&get(Mode::Floor).adds).median;
         print!(
-            "| {k} | {} | {} | {} | {} | {} |",
+            "| {k} | {} | {} | {} | {} | {} | {floor:.1} | {:.2} |",
             kind.name(),
             cell(&thin.adds, &base.adds),
             cell(&thin.dels, &base.dels),
             cell(&thick.adds, &base.adds),
             cell(&thick.dels, &base.dels),
+            paired_median(&thick.adds, &base.adds) / floor.max(0.001),
         );
         if with_other {
             let o = get(Mode::Other);
