@@ -57,10 +57,20 @@ fn add_writes_status_and_events_del_works_without_the_api() {
     );
     api.clear_requests();
     let connections = api.connections();
+    let http2 = api.http2_requests();
     let att = n.attachment(0, &unique("cid"), "demo", "web", &[("K8S_POD_UID", uid)]);
     n.add(&att).unwrap();
-    // Every request of the ADD on one kept-alive connection: one TLS handshake.
+    // Every request of the ADD on one kept-alive connection: one TLS handshake. The
+    // server offers HTTP/2 (as kube-apiserver does), and every request used it: the
+    // pod, two NADs, the status and three events.
     assert_eq!(api.connections() - connections, 1, "{:?}", api.requests());
+    assert_eq!(
+        api.http2_requests() - http2,
+        api.requests().len(),
+        "{:?}",
+        api.requests()
+    );
+    assert_eq!(api.requests().len(), 7, "{:?}", api.requests());
     let st = status_of(&api, "demo", "web");
     let summary: Vec<(String, String, bool)> = st
         .as_array()

@@ -11,7 +11,8 @@ use plexus_engine::{Cluster, EventType, PodInfo};
 use plexus_npwg::nad::Nad;
 use plexus_npwg::status::NetworkStatus;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// A cluster reached through the API server.
 pub struct KubeCluster {
@@ -19,8 +20,10 @@ pub struct KubeCluster {
     api: Requests,
     /// resourceVersions of the pods read, so the status write needs no second read.
     seen: Mutex<HashMap<(String, String), String>>,
-    /// `AddedInterface` messages, posted while the status is written.
+    /// `AddedInterface` messages, posted with the status write.
     added: Mutex<Vec<(PodInfo, String)>>,
+    /// Set once the API server answered over HTTP/2: requests may then run together.
+    multiplexed: Arc<AtomicBool>,
 }
 
 impl KubeCluster {
@@ -47,9 +50,10 @@ impl KubeCluster {
             })?,
         };
         settings.limit(&mut config);
+        let multiplexed = Arc::new(AtomicBool::new(false));
         let client = {
             let _guard = rt.enter();
-            Client::try_from(config)
+            multiplexing_client(&config, multiplexed.clone())
                 .map_err(|e| CniError::invalid_config(format!("Kubernetes client: {e}")))?
         };
         Ok(KubeCluster {
@@ -57,8 +61,55 @@ impl KubeCluster {
             api: settings.requests(client),
             seen: Default::default(),
             added: Default::default(),
+            multiplexed,
         })
     }
+}
+
+/// A client of `config` that speaks HTTP/2 when the API server offers it in the TLS
+/// handshake (kube-apiserver does), HTTP/1.1 otherwise: kube's own client offers only
+/// HTTP/1.1, which runs one request at a time on a connection. On HTTP/2 the requests
+/// of an ADD that do not depend on each other (the status write and the events) share
+/// the one connection at the same time. The rest is kube's stack: its TLS configuration
+/// (CA, client certificate, `tls-server-name`, `insecure-skip-tls-verify`), base URI,
+/// authentication and extra headers; time limits are `Requests`' and the connect
+/// timeout's.
+/// `multiplexed` is set once an answer came over HTTP/2.
+fn multiplexing_client(config: &Config, multiplexed: Arc<AtomicBool>) -> kube::Result<Client> {
+    use kube::client::ConfigExt;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(config.connect_timeout);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config.rustls_client_config()?)
+        .https_or_http();
+    let builder = match &config.tls_server_name {
+        Some(name) => {
+            let name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| {
+                kube::Error::Service(format!("tls-server-name {name:?}: {e}").into())
+            })?;
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
+        None => builder,
+    };
+    let https = builder.enable_all_versions().wrap_connector(http);
+    let http_client: hyper_util::client::legacy::Client<_, kube::client::Body> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https);
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        .map_response(move |r: http::Response<_>| {
+            if r.version() == http::Version::HTTP_2 {
+                multiplexed.store(true, Ordering::Relaxed);
+            }
+            r
+        })
+        .map_err(tower::BoxError::from)
+        .service(http_client);
+    Ok(Client::new(service, config.default_namespace.clone()))
 }
 
 impl KubeCluster {
@@ -112,22 +163,32 @@ impl Cluster for KubeCluster {
     }
 
     fn report_add(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {
-        // The status first, then the events, one after the other on the connection the
-        // ADD's reads used: HTTP/1.1 runs one request at a time per connection, and a
-        // request in parallel would open another, paying a TCP and TLS handshake (more
-        // than a request on a kept connection against a real API server).
+        // The status and the events together on the connection the ADD's reads used:
+        // over HTTP/2 they run at the same time; over HTTP/1.1 the client's pool would
+        // open a connection for each request in flight (a TCP and TLS handshake each,
+        // more than a request on a kept connection), so there they go one after the
+        // other, the status first.
         let added = std::mem::take(&mut *lock(&self.added));
-        self.rt.block_on(async {
-            let written = self
-                .api
-                .write_status(pod, status, self.seen_version(pod))
-                .await;
+        let status = self.api.write_status(pod, status, self.seen_version(pod));
+        let events = async {
             for (p, msg) in &added {
                 self.api
                     .post_event(p, EventType::Normal, "AddedInterface", msg)
                     .await;
             }
-            written
+        };
+        self.rt.block_on(async {
+            if self.multiplexed.load(Ordering::Relaxed) {
+                let events = futures_util::future::join_all(added.iter().map(|(p, msg)| {
+                    self.api
+                        .post_event(p, EventType::Normal, "AddedInterface", msg)
+                }));
+                futures_util::future::join(status, events).await.0
+            } else {
+                let written = status.await;
+                events.await;
+                written
+            }
         })
     }
 

@@ -70,6 +70,8 @@ struct Auth {
     tokens: Mutex<HashMap<String, User>>,
     /// Connections accepted (TLS: whose handshake completed).
     connections: std::sync::atomic::AtomicUsize,
+    /// Requests that came over HTTP/2.
+    http2_requests: std::sync::atomic::AtomicUsize,
 }
 
 impl Auth {
@@ -146,6 +148,7 @@ impl TestApiServer {
                 },
             )])),
             connections: Default::default(),
+            http2_requests: Default::default(),
         });
         let (shutdown, thread) = serve(listener, store.clone(), auth.clone());
         TestApiServer {
@@ -163,6 +166,13 @@ impl TestApiServer {
     pub fn connections(&self) -> usize {
         self.auth
             .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Requests so far that came over HTTP/2 (the others came over HTTP/1.1).
+    pub fn http2_requests(&self) -> usize {
+        self.auth
+            .http2_requests
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -372,7 +382,7 @@ fn serve(
 }
 
 /// Accepts connections, each served on a task of its own: TLS first where the server
-/// has a PKI (the client certificate, if any, names the connection's user), then HTTP/1.1.
+/// has a PKI (the client certificate, if any, names the connection's user), then HTTP.
 async fn accept(listener: tokio::net::TcpListener, app: axum::Router, auth: Arc<Auth>) {
     let tls = auth
         .pki
@@ -414,13 +424,17 @@ async fn accept(listener: tokio::net::TcpListener, app: axum::Router, auth: Arc<
     }
 }
 
-/// HTTP/1.1 with keep-alive on one connection; every request is authenticated first.
+/// One connection's requests, each authenticated first.
 async fn serve_connection<S>(io: S, app: axum::Router, auth: Arc<Auth>, cert_user: Option<User>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     use tower::ServiceExt;
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        if req.version() == hyper::Version::HTTP_2 {
+            auth.http2_requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let user = auth.user(
             cert_user.as_ref(),
             req.headers()
@@ -435,8 +449,9 @@ where
             }
         }
     });
-    let _ = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
+    // HTTP/1.1 with keep-alive, or HTTP/2 (chosen in the TLS handshake, or by the
+    // client's preface over plain HTTP), as kube-apiserver serves both.
+    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
         .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
         .await;
 }

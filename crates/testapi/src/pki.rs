@@ -246,7 +246,8 @@ impl Pki {
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.serving.0.clone(), key)
             .expect("the serving certificate and its key");
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // HTTP/2 first, as kube-apiserver (Go's net/http) offers it.
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Arc::new(cfg)
     }
 }
