@@ -89,6 +89,10 @@ pub trait Cluster: Send + Sync {
     fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<PodInfo>>;
     /// The NAD, `None` when it does not exist.
     fn get_nad(&self, namespace: &str, name: &str) -> Result<Option<Nad>>;
+    /// The NADs `get_nad` is about to be asked for, `(namespace, name)` in the
+    /// selection's order: an implementation may read them together ahead (its outcome,
+    /// errors included, is then what `get_nad` answers). By default nothing is done.
+    fn prefetch_nads(&self, _refs: &[(String, String)]) {}
     /// Writes the network-status annotation; a pod that is gone is not an error.
     fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()>;
     /// Records an event on the pod (best effort, never fails the operation).

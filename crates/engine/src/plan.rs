@@ -128,7 +128,15 @@ fn selected_networks(
     r: &Resolver,
     pod: &PodInfo,
 ) -> Result<Vec<(Resolved, Option<NetworkSelection>)>> {
-    selection(r, pod)?
+    let selections = selection(r, pod)?;
+    if let (Some(c), true) = (r.cluster, selections.len() > 1) {
+        let refs: Vec<(String, String)> = selections
+            .iter()
+            .map(|s| (s.network.namespace.clone(), s.network.name.clone()))
+            .collect();
+        c.prefetch_nads(&refs);
+    }
+    selections
         .into_iter()
         .map(|sel| Ok((r.nad(&sel.network, Some(pod))?, Some(sel))))
         .collect()

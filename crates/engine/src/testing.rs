@@ -190,6 +190,8 @@ pub struct Told {
     pub events: Vec<(String, String)>,
     /// Pods torn down.
     pub torn_down: Vec<String>,
+    /// Every `prefetch_nads` call's references.
+    pub prefetched: Vec<Vec<(String, String)>>,
 }
 
 /// A cluster held in memory.
@@ -272,6 +274,10 @@ impl Cluster for FakeCluster {
         Ok(lock(&self.nads)
             .get(&(namespace.into(), name.into()))
             .cloned())
+    }
+
+    fn prefetch_nads(&self, refs: &[(String, String)]) {
+        lock(&self.told).prefetched.push(refs.to_vec());
     }
 
     fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {

@@ -14,6 +14,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// NADs read, by namespace and name.
+type NadReads = HashMap<(String, String), Result<Option<Nad>>>;
+
 /// A cluster reached through the API server.
 pub struct KubeCluster {
     rt: tokio::runtime::Runtime,
@@ -24,6 +27,8 @@ pub struct KubeCluster {
     added: Mutex<Vec<(PodInfo, String)>>,
     /// Set once the API server answered over HTTP/2: requests may then run together.
     multiplexed: Arc<AtomicBool>,
+    /// NADs read ahead (`prefetch_nads`): what `get_nad` answers for them.
+    nads: Mutex<NadReads>,
 }
 
 impl KubeCluster {
@@ -62,6 +67,7 @@ impl KubeCluster {
             seen: Default::default(),
             added: Default::default(),
             multiplexed,
+            nads: Default::default(),
         })
     }
 }
@@ -149,8 +155,32 @@ impl Cluster for KubeCluster {
     }
 
     fn get_nad(&self, namespace: &str, name: &str) -> Result<Option<Nad>> {
-        // One at a time on the kept connection (see `report_add`), not in parallel.
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(read) = lock(&self.nads).get(&key) {
+            return read.clone();
+        }
         self.rt.block_on(self.api.get_nad(namespace, name))
+    }
+
+    fn prefetch_nads(&self, refs: &[(String, String)]) {
+        // Together only over HTTP/2 (see `report_add`); over HTTP/1.1 one at a time
+        // as the engine asks.
+        if !self.multiplexed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut unique: Vec<&(String, String)> = Vec::new();
+        for r in refs {
+            if !unique.contains(&r) {
+                unique.push(r);
+            }
+        }
+        let reads = self.rt.block_on(futures_util::future::join_all(
+            unique.iter().map(|(ns, name)| self.api.get_nad(ns, name)),
+        ));
+        let mut nads = lock(&self.nads);
+        for (r, read) in unique.into_iter().zip(reads) {
+            nads.insert(r.clone(), read);
+        }
     }
 
     fn set_network_status(&self, pod: &PodInfo, status: &[NetworkStatus]) -> Result<()> {

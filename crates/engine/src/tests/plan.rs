@@ -89,6 +89,26 @@ fn every_selection_form_and_the_interface_numbering() {
 }
 
 #[test]
+fn the_nads_of_a_selection_of_several_networks_are_announced_together_first() {
+    let f = fixture();
+    let p = plan(
+        &f,
+        json!({}),
+        &[(NETWORKS_ANNOTATION, "a, other/x@data0, b")],
+    )
+    .unwrap();
+    assert_eq!(p.len(), 4);
+    assert_eq!(
+        f.cluster.told().prefetched,
+        [pairs(&[("demo", "a"), ("other", "x"), ("demo", "b")])]
+    );
+    // One network: nothing to read together.
+    let f = fixture();
+    plan(&f, json!({}), &[(NETWORKS_ANNOTATION, "a")]).unwrap();
+    assert!(f.cluster.told().prefetched.is_empty());
+}
+
+#[test]
 fn an_interface_used_twice_is_refused() {
     let f = fixture();
     let e = plan(&f, json!({}), &[(NETWORKS_ANNOTATION, "a@net2,b")]).unwrap_err();
