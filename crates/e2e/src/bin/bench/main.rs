@@ -371,6 +371,31 @@ impl Mode {
     }
 }
 
+/// The other meta-plugin (`--other-bin`, `--other-conf`).
+struct Other {
+    bin: PathBuf,
+    /// Its configuration with the bridge cluster network.
+    conf: Value,
+    /// The same with the no-op kind's cluster network.
+    noop_conf: Value,
+    /// Whether it has a daemon (`--other-daemon`), whose own configuration names the
+    /// bridge cluster network.
+    daemon: bool,
+}
+
+impl Other {
+    /// Whether it runs the cases of `kind`: not the device kind (its devices come from
+    /// the bench's test kubelet, which only Plexus is told of), and with a daemon only
+    /// the kinds of the bridge cluster network.
+    fn runs(&self, kind: Kind) -> bool {
+        match kind {
+            Kind::Device => false,
+            Kind::Noop => !self.daemon,
+            _ => true,
+        }
+    }
+}
+
 struct Runner {
     rt: Runtime,
     /// The meta-plugin's conflist; `None`: the delegates alone.
@@ -381,13 +406,7 @@ struct Runner {
 
 impl Bench {
     /// The runner of `mode` for `kind`; `floor`: the floor mode's shim configuration.
-    fn runner(
-        &self,
-        mode: Mode,
-        kind: Kind,
-        other: &Option<(PathBuf, Value)>,
-        floor: &Value,
-    ) -> Runner {
+    fn runner(&self, mode: Mode, kind: Kind, other: &Option<Other>, floor: &Value) -> Runner {
         let mut paths = self.node.rt.paths.clone();
         let noop = matches!(kind, Kind::Noop | Kind::Device);
         let cluster = if noop {
@@ -414,9 +433,13 @@ impl Bench {
             Mode::Thick => self.shim_conf.clone(),
             Mode::Floor => floor.clone(),
             Mode::Other => {
-                let (bin, conf) = other.clone().expect("other meta-plugin");
-                paths.insert(0, bin.parent().map(PathBuf::from).unwrap_or_default());
-                conf
+                let o = other.as_ref().expect("other meta-plugin");
+                paths.insert(0, o.bin.parent().map(PathBuf::from).unwrap_or_default());
+                if noop {
+                    o.noop_conf.clone()
+                } else {
+                    o.conf.clone()
+                }
             }
         };
         let list = NetworkConfigList::from_value(
@@ -548,7 +571,7 @@ fn latency(
     b: &Bench,
     args: &Args,
     modes: &[Mode],
-    other: &Option<(PathBuf, Value)>,
+    other: &Option<Other>,
     floor: &floor::Floor,
 ) -> Latencies {
     let mut out = BTreeMap::new();
@@ -569,11 +592,10 @@ fn latency(
     cases.retain(|(_, kind)| args.kinds.iter().any(|n| n == kind.key()));
     for &(k, kind) in &cases {
         let nets = kind.networks(k);
-        // The other meta-plugin's configuration names the bridge cluster network.
         let modes: Vec<Mode> = modes
             .iter()
             .copied()
-            .filter(|m| !(matches!(kind, Kind::Noop | Kind::Device) && *m == Mode::Other))
+            .filter(|m| *m != Mode::Other || other.as_ref().is_some_and(|o| o.runs(kind)))
             .collect();
         let floor_conf = floor.shim_conf(&nets);
         let runners: Vec<Runner> = modes
@@ -791,17 +813,32 @@ fn main() {
                 .replace(
                     "@WORKDIR@",
                     &b.node.world.subdir("other").display().to_string(),
+                );
+            let cluster = |name: &str, list: &Value| {
+                let p = b.node.world.subdir("other").join(name);
+                std::fs::write(&p, list.to_string()).expect("cluster conflist");
+                p.display().to_string()
+            };
+            let confs = [
+                (
+                    false,
+                    cluster("cluster.conflist", &b.thin_conf["delegates"][0]),
+                ),
+                (true, cluster("cluster-noop.conflist", &noop_cluster())),
+            ]
+            .map(|(noop, path)| {
+                let text = text.replace("@CLUSTER@", &path);
+                (
+                    noop,
+                    serde_json::from_str::<Value>(&text).expect("other-conf JSON"),
                 )
-                .replace("@CLUSTER@", &{
-                    let p = b.node.world.subdir("other").join("cluster.conflist");
-                    std::fs::write(&p, b.thin_conf["delegates"][0].to_string())
-                        .expect("cluster conflist");
-                    p.display().to_string()
-                });
-            Some((
-                bin.clone(),
-                serde_json::from_str::<Value>(&text).expect("other-conf JSON"),
-            ))
+            });
+            Some(Other {
+                bin: bin.clone(),
+                conf: confs[0].1.clone(),
+                noop_conf: confs[1].1.clone(),
+                daemon: args.other_daemon.is_some(),
+            })
         }
         _ => None,
     };
@@ -1067,8 +1104,7 @@ fn report(
         if with_other {
             let o = get(Mode::Other);
             if o.adds.is_empty() {
-                // Not measured for this kind (the no-op kind's cluster network is not
-                // the one the other plugin's configuration names).
+                // Not measured for this kind (see `Other::runs`).
                 print!(" — | — | — |");
             } else {
                 // The ratio of the overheads (paired medians), as the targets state them.
