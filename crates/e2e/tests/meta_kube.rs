@@ -108,11 +108,18 @@ fn add_writes_status_and_events_del_works_without_the_api() {
     assert_eq!(added[0]["involvedObject"]["uid"], uid);
     assert_eq!(added[0]["type"], "Normal");
     // Reads: the pod once (its resourceVersion makes the status write conditional); one GET per NAD.
+    // Both from the API server's watch cache (resourceVersion=0), as thick mode reads
+    // from its own.
     assert_eq!(
-        api.count("GET", "/pods/web"),
+        api.count("GET", "/pods/web?"),
         1,
         "one read of the pod: {:?}",
         api.requests()
+    );
+    assert_eq!(api.count("GET", "/pods/web"), 1);
+    assert_eq!(
+        api.count("GET", "network-attachment-definitions/"),
+        api.count("GET", "resourceVersion=0") - 1
     );
     assert_eq!(api.count("GET", "network-attachment-definitions/"), 2);
     assert_eq!(api.count("PATCH", "/pods/web/status"), 1);
@@ -120,6 +127,37 @@ fn add_writes_status_and_events_del_works_without_the_api() {
     api.stop();
     n.del(&att).unwrap();
     assert_eq!(links(n.world.ctr(0)), ["lo"]);
+    assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
+}
+
+#[test]
+fn a_pod_and_nad_the_watch_cache_has_not_yet_are_read_from_storage() {
+    // An API server's watch cache a little behind etcd (another replica's, behind a
+    // load balancer) does not have a pod or NAD made just now: answered 404 for
+    // resourceVersion=0, they are read again, consistently, and the ADD goes on.
+    let (api, n, _) = setup(1);
+    api.put(Resource::Pods, pod_object("demo", "p", "u1", Some("br")));
+    // The reads with a query string: kube-rs asks resourceVersion=0 as `?&resourceVersion=0`.
+    api.fail_when("GET", "/pods/p?", 1, 404);
+    api.fail_when("GET", "network-attachment-definitions/br?", 1, 404);
+    let att = n.attachment(0, &unique("cid"), "demo", "p", &[]);
+    n.add(&att).unwrap();
+    let reads = |needle: &str| {
+        api.requests()
+            .into_iter()
+            .filter(|(m, p)| m == "GET" && p.contains(needle))
+            .map(|(_, p)| p)
+            .collect::<Vec<_>>()
+    };
+    for needle in ["/pods/p", "network-attachment-definitions/br"] {
+        let r = reads(needle);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(r[0].ends_with("resourceVersion=0"), "{r:?}");
+        assert!(!r[1].contains('?'), "{r:?}");
+    }
+    let st = status_of(&api, "demo", "p");
+    assert_eq!(st[1]["name"], "demo/br", "{st}");
+    n.del(&att).unwrap();
     assert!(n.leftovers().is_empty(), "{:?}", n.leftovers());
 }
 

@@ -43,6 +43,19 @@ fn is_code(e: &kube::Error, c: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == c)
 }
 
+/// `name` read with `resourceVersion=0` (any version the API server has at hand),
+/// `None` when it is not found.
+async fn cached<K>(api: &Api<K>, name: &str) -> std::result::Result<Option<K>, kube::Error>
+where
+    K: Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.get_with(name, &kube::api::GetParams::any()).await {
+        Ok(o) => Ok(Some(o)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The engine's view of a pod object.
 pub(crate) fn pod_info(p: &Pod, namespace: &str, name: &str) -> PodInfo {
     PodInfo {
@@ -120,6 +133,38 @@ impl Requests {
         self.call(&what, || api.get_opt(name))
             .await
             .map_err(|e| api_error(&what, e))
+    }
+
+    /// The pod as the API server's watch cache has it (`resourceVersion=0`: no read
+    /// from etcd, as an informer's copy), else as etcd has it: a pod the cache does not
+    /// have yet (another API server's cache a few milliseconds behind) is read again.
+    /// Thin mode reads this way, with the consistency thick mode has from its watch.
+    pub async fn get_pod_cached(&self, namespace: &str, name: &str) -> Result<Option<Pod>> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let what = format!("pod \"{namespace}/{name}\"");
+        match self
+            .call(&what, || cached(&api, name))
+            .await
+            .map_err(|e| api_error(&what, e))?
+        {
+            Some(p) => Ok(Some(p)),
+            None => self.get_pod(namespace, name).await,
+        }
+    }
+
+    /// The NAD as the watch cache has it, else as etcd has it (see `get_pod_cached`).
+    pub async fn get_nad_cached(&self, namespace: &str, name: &str) -> Result<Option<Nad>> {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &nad_resource());
+        let what = nad_what(namespace, name);
+        let obj = self
+            .call(&what, || cached(&api, name))
+            .await
+            .map_err(|e| api_error(&what, e))?;
+        match obj {
+            Some(o) => to_nad(&what, Some(&o)),
+            None => self.get_nad(namespace, name).await,
+        }
     }
 
     /// The NAD, `None` when it does not exist.

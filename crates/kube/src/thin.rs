@@ -144,7 +144,7 @@ impl plexus_engine::DeviceAttributes for KubeCluster {
 
 impl Cluster for KubeCluster {
     fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<PodInfo>> {
-        let pod = self.rt.block_on(self.api.get_pod(namespace, name))?;
+        let pod = self.rt.block_on(self.api.get_pod_cached(namespace, name))?;
         if let Some(rv) = pod
             .as_ref()
             .and_then(|p| p.metadata.resource_version.clone())
@@ -159,7 +159,7 @@ impl Cluster for KubeCluster {
         if let Some(read) = lock(&self.nads).get(&key) {
             return read.clone();
         }
-        self.rt.block_on(self.api.get_nad(namespace, name))
+        self.rt.block_on(self.api.get_nad_cached(namespace, name))
     }
 
     fn prefetch_nads(&self, refs: &[(String, String)]) {
@@ -175,7 +175,9 @@ impl Cluster for KubeCluster {
             }
         }
         let reads = self.rt.block_on(futures_util::future::join_all(
-            unique.iter().map(|(ns, name)| self.api.get_nad(ns, name)),
+            unique
+                .iter()
+                .map(|(ns, name)| self.api.get_nad_cached(ns, name)),
         ));
         let mut nads = lock(&self.nads);
         for (r, read) in unique.into_iter().zip(reads) {
