@@ -83,6 +83,11 @@ impl KubeCluster {
 /// `multiplexed` is set once an answer came over HTTP/2.
 fn multiplexing_client(config: &Config, multiplexed: Arc<AtomicBool>) -> kube::Result<Client> {
     use kube::client::ConfigExt;
+    if config.proxy_url.is_some() {
+        // kube's own client decides what a `proxy-url` gets (it refuses the protocols
+        // this build does not carry, naming them), over HTTP/1.1.
+        return Client::try_from(config.clone());
+    }
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -227,5 +232,56 @@ impl Cluster for KubeCluster {
     fn event(&self, pod: &PodInfo, kind: EventType, reason: &str, message: &str) {
         self.rt
             .block_on(self.api.post_event(pod, kind, reason, message));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_engine::config::PlexusConf;
+
+    fn kubeconfig(extra_cluster_keys: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!(
+            "plexus-kube-thin-{}-{}.yaml",
+            std::process::id(),
+            extra_cluster_keys.len()
+        ));
+        std::fs::write(
+            &p,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+                 contexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n\
+                 clusters: [{{name: k, cluster: {{server: 'https://127.0.0.1:6443'{extra_cluster_keys}}}}}]\n\
+                 users: [{{name: u, user: {{token: t}}}}]\n"
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    fn connect(path: &std::path::Path) -> Result<KubeCluster> {
+        let settings =
+            ApiSettings::limits(Some(path.display().to_string()), &PlexusConf::default());
+        KubeCluster::connect(&settings)
+    }
+
+    #[test]
+    fn the_client_is_made_without_reaching_the_server() {
+        let p = kubeconfig("");
+        let made = connect(&p);
+        let _ = std::fs::remove_file(&p);
+        assert!(made.is_ok(), "{:?}", made.err());
+    }
+
+    #[test]
+    fn a_proxy_url_this_build_cannot_use_is_refused_by_name() {
+        // Not silently bypassed: kube's own client decides, and this build carries no
+        // proxy support.
+        let p = kubeconfig(", proxy-url: 'socks5://127.0.0.1:1080'");
+        let made = connect(&p);
+        let _ = std::fs::remove_file(&p);
+        let e = made.err().expect("refused");
+        assert!(e.msg.contains("Kubernetes client"), "{}", e.msg);
+        assert!(e.msg.contains("socks5"), "{}", e.msg);
     }
 }
