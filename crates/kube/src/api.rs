@@ -126,56 +126,66 @@ impl Requests {
         }
     }
 
+    /// `name` through `api`, `None` when it does not exist. With `cache_first`, first
+    /// as the API server's watch cache has it (`resourceVersion=0`: no read from etcd,
+    /// as an informer's copy), and from storage only when the cache does not have it
+    /// (another API server's cache a few milliseconds behind).
+    async fn read<K>(
+        &self,
+        api: &Api<K>,
+        what: &str,
+        name: &str,
+        cache_first: bool,
+    ) -> Result<Option<K>>
+    where
+        K: Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        if cache_first {
+            let hit = self
+                .call(what, || cached(api, name))
+                .await
+                .map_err(|e| api_error(what, e))?;
+            if hit.is_some() {
+                return Ok(hit);
+            }
+        }
+        self.call(what, || api.get_opt(name))
+            .await
+            .map_err(|e| api_error(what, e))
+    }
+
     /// The pod object, `None` when it does not exist.
     pub async fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let what = format!("pod \"{namespace}/{name}\"");
-        self.call(&what, || api.get_opt(name))
-            .await
-            .map_err(|e| api_error(&what, e))
+        self.pod(namespace, name, false).await
     }
 
-    /// The pod as the API server's watch cache has it (`resourceVersion=0`: no read
-    /// from etcd, as an informer's copy), else as etcd has it: a pod the cache does not
-    /// have yet (another API server's cache a few milliseconds behind) is read again.
+    /// The pod as the API server's watch cache has it, else from storage (see `read`).
     /// Thin mode reads this way, with the consistency thick mode has from its watch.
     pub async fn get_pod_cached(&self, namespace: &str, name: &str) -> Result<Option<Pod>> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let what = format!("pod \"{namespace}/{name}\"");
-        match self
-            .call(&what, || cached(&api, name))
-            .await
-            .map_err(|e| api_error(&what, e))?
-        {
-            Some(p) => Ok(Some(p)),
-            None => self.get_pod(namespace, name).await,
-        }
+        self.pod(namespace, name, true).await
     }
 
-    /// The NAD as the watch cache has it, else as etcd has it (see `get_pod_cached`).
-    pub async fn get_nad_cached(&self, namespace: &str, name: &str) -> Result<Option<Nad>> {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), namespace, &nad_resource());
-        let what = nad_what(namespace, name);
-        let obj = self
-            .call(&what, || cached(&api, name))
-            .await
-            .map_err(|e| api_error(&what, e))?;
-        match obj {
-            Some(o) => to_nad(&what, Some(&o)),
-            None => self.get_nad(namespace, name).await,
-        }
+    async fn pod(&self, namespace: &str, name: &str, cache_first: bool) -> Result<Option<Pod>> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let what = format!("pod \"{namespace}/{name}\"");
+        self.read(&api, &what, name, cache_first).await
     }
 
     /// The NAD, `None` when it does not exist.
     pub async fn get_nad(&self, namespace: &str, name: &str) -> Result<Option<Nad>> {
+        self.nad(namespace, name, false).await
+    }
+
+    /// The NAD as the watch cache has it, else from storage (see `read`).
+    pub async fn get_nad_cached(&self, namespace: &str, name: &str) -> Result<Option<Nad>> {
+        self.nad(namespace, name, true).await
+    }
+
+    async fn nad(&self, namespace: &str, name: &str, cache_first: bool) -> Result<Option<Nad>> {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), namespace, &nad_resource());
         let what = nad_what(namespace, name);
-        let obj = self
-            .call(&what, || api.get_opt(name))
-            .await
-            .map_err(|e| api_error(&what, e))?;
+        let obj = self.read(&api, &what, name, cache_first).await?;
         to_nad(&what, obj.as_ref())
     }
 

@@ -207,23 +207,20 @@ impl Cluster for KubeCluster {
         // other, the status first.
         let added = std::mem::take(&mut *lock(&self.added));
         let status = self.api.write_status(pod, status, self.seen_version(pod));
-        let events = async {
-            for (p, msg) in &added {
-                self.api
-                    .post_event(p, EventType::Normal, "AddedInterface", msg)
-                    .await;
-            }
-        };
+        let events = added.iter().map(|(p, msg)| {
+            self.api
+                .post_event(p, EventType::Normal, "AddedInterface", msg)
+        });
         self.rt.block_on(async {
             if self.multiplexed.load(Ordering::Relaxed) {
-                let events = futures_util::future::join_all(added.iter().map(|(p, msg)| {
-                    self.api
-                        .post_event(p, EventType::Normal, "AddedInterface", msg)
-                }));
-                futures_util::future::join(status, events).await.0
+                futures_util::future::join(status, futures_util::future::join_all(events))
+                    .await
+                    .0
             } else {
                 let written = status.await;
-                events.await;
+                for event in events {
+                    event.await;
+                }
                 written
             }
         })
