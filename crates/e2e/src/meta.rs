@@ -216,17 +216,26 @@ impl Node {
         security: plexus_testapi::Security,
     ) -> (Node, plexus_testapi::TestApiServer) {
         let mut node = Node::new(n, Mode::Local);
-        let listener = node
-            .world
-            .host
-            .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("entering the host namespace")
-            .expect("binding loopback in the host namespace");
-        let api = plexus_testapi::TestApiServer::start_with(listener, security);
-        let kc = node.world.subdir("kube").join("config");
+        let api = plexus_testapi::TestApiServer::start_with(node.loopback_listener(), security);
+        let kc = node.kubeconfig_path();
         api.write_kubeconfig(&kc);
         node.use_kubeconfig(&kc);
         (node, api)
+    }
+
+    /// A listener on a free loopback port of the node's host namespace, where its
+    /// meta-plugins reach the Kubernetes API.
+    pub fn loopback_listener(&self) -> std::net::TcpListener {
+        self.world
+            .host
+            .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("entering the host namespace")
+            .expect("binding loopback in the host namespace")
+    }
+
+    /// Where the node's kubeconfig is written.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.world.subdir("kube").join("config")
     }
 
     /// Points the node's Plexus at the API server of kubeconfig `kc` (no local mode).
@@ -413,15 +422,10 @@ impl Drop for Daemon {
 impl Node {
     /// A free TCP port on the loopback of the node's host namespace.
     pub fn free_port(&self) -> u16 {
-        self.world
-            .host
-            .run(|| {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .and_then(|l| l.local_addr())
-                    .map(|a| a.port())
-            })
-            .expect("entering the host namespace")
+        self.loopback_listener()
+            .local_addr()
             .expect("a free port")
+            .port()
     }
 
     /// The daemon's `/metrics` on `port` of the node's loopback.

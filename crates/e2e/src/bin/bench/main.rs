@@ -220,14 +220,9 @@ fn connect(args: &Args, pods: usize) -> anyhow::Result<(Node, Objects, String, S
         remote.in_cluster().context("--other-daemon")?;
     }
     let mut node = Node::new(pods, plexus_e2e::meta::Mode::Local);
-    let listener = node
-        .world
-        .host
-        .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("entering the host namespace")
-        .expect("binding loopback in the host namespace");
+    let listener = node.loopback_listener();
     let local = listener.local_addr().expect("local address");
-    let path = node.world.subdir("kube").join("config");
+    let path = node.kubeconfig_path();
     cluster::write_kubeconfig(&remote.forwarded(local), &path)?;
     cluster::forward(listener, remote.target);
     node.use_kubeconfig(&path);
