@@ -824,22 +824,40 @@ fn nad_watch_metrics_and_cache_state() {
     d.stop();
 }
 
-#[test]
-fn benchmark_harness_smoke_run() {
-    // The harness (docs/benchmarks.md) in its quick form: it must run, measure every
-    // mode, find no leak, and print every table. No number is asserted.
+/// The modes every plexus-bench run measures.
+const BENCH_MODES: [&str; 4] = [
+    "delegates alone",
+    "plexus thin",
+    "plexus thick",
+    "thick floor",
+];
+
+/// Runs plexus-bench with `args`; its standard output, once it succeeded and printed
+/// every mode.
+fn run_bench<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> String {
     let bench = plexus_bin().with_file_name("plexus-bench");
     let out = std::process::Command::new(&bench)
-        .arg("--quick")
+        .args(args)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{}\n{}",
         stdout,
         String::from_utf8_lossy(&out.stderr)
     );
+    for mode in BENCH_MODES {
+        assert!(stdout.contains(mode), "{mode} missing:\n{stdout}");
+    }
+    stdout
+}
+
+#[test]
+fn benchmark_harness_smoke_run() {
+    // The harness (docs/benchmarks.md) in its quick form: it must run, measure every
+    // mode, find no leak, and print every table. No number is asserted.
+    let stdout = run_bench(["--quick"]);
     for table in [
         "## Latency per pod",
         "## Overhead over the delegates alone",
@@ -848,14 +866,6 @@ fn benchmark_harness_smoke_run() {
         "## API requests per pod",
     ] {
         assert!(stdout.contains(table), "{table} missing:\n{stdout}");
-    }
-    for mode in [
-        "delegates alone",
-        "plexus thin",
-        "plexus thick",
-        "thick floor",
-    ] {
-        assert!(stdout.contains(mode), "{mode} missing:\n{stdout}");
     }
 }
 
@@ -869,28 +879,14 @@ fn benchmark_harness_runs_against_a_kubeconfig() {
     let dir = tempfile::tempdir().unwrap();
     let kc = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kc);
-    let bench = plexus_bin().with_file_name("plexus-bench");
-    let out = std::process::Command::new(&bench)
-        .args(["--quick", "--kinds", "noop,bridge", "--kubeconfig"])
-        .arg(&kc)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        stdout,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_bench([
+        std::ffi::OsStr::new("--quick"),
+        "--kinds".as_ref(),
+        "noop,bridge".as_ref(),
+        "--kubeconfig".as_ref(),
+        kc.as_os_str(),
+    ]);
     assert!(stdout.contains("API server: the cluster of"), "{stdout}");
-    for mode in [
-        "delegates alone",
-        "plexus thin",
-        "plexus thick",
-        "thick floor",
-    ] {
-        assert!(stdout.contains(mode), "{mode} missing:\n{stdout}");
-    }
     // No filler objects; the bench's own, in its namespace, on its node.
     let nads = api.list(Resource::Nads);
     assert!(!nads.is_empty());

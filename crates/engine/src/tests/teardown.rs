@@ -14,6 +14,26 @@ fn added() -> Fixture {
     f
 }
 
+/// Pod `demo/p` selecting one macvlan network, `a`; nothing added yet.
+fn one_network() -> Fixture {
+    let f = Fixture::new();
+    f.cluster.nad("demo", "a", net("a", "macvlan", json!({})));
+    f.cluster.pod("demo", "p", &[(NETWORKS_ANNOTATION, "a")]);
+    f
+}
+
+/// The runtime's retried DEL of `c1` (a fresh executor, the same state): it runs
+/// exactly `expected`, succeeds and leaves nothing.
+fn retried_del_runs(f: Fixture, expected: &[&str]) {
+    let f = Fixture {
+        exec: Default::default(),
+        ..f
+    };
+    f.engine(json!({})).del(&f.req("c1", "demo", "p")).unwrap();
+    assert_eq!(f.exec.log(), expected);
+    assert!(f.files().is_empty(), "left: {:?}", f.files());
+}
+
 #[test]
 fn del_works_from_the_state_with_the_api_down_and_is_idempotent() {
     let f = added();
@@ -52,21 +72,12 @@ fn a_failed_del_keeps_what_failed_for_the_retry() {
     assert_eq!(left, ["net1"]);
     assert!(f.cluster.told().torn_down.is_empty());
     // The retried DEL redoes only what failed.
-    let f2 = Fixture {
-        exec: Default::default(),
-        ..f
-    };
-    let e = f2.engine(json!({}));
-    e.del(&f2.req("c1", "demo", "p")).unwrap();
-    assert_eq!(f2.exec.log(), ["DEL macvlan net1"]);
-    assert!(f2.files().is_empty(), "left: {:?}", f2.files());
+    retried_del_runs(f, &["DEL macvlan net1"]);
 }
 
 #[test]
 fn without_state_del_plans_again_from_the_pod_or_does_nothing() {
-    let f = Fixture::new();
-    f.cluster.nad("demo", "a", net("a", "macvlan", json!({})));
-    f.cluster.pod("demo", "p", &[(NETWORKS_ANNOTATION, "a")]);
+    let f = one_network();
     let e = f.engine(json!({}));
     e.del(&f.req("c9", "demo", "p")).unwrap();
     assert_eq!(f.exec.log(), ["DEL macvlan net1", "DEL bridge eth0"]);
@@ -99,9 +110,7 @@ fn del_after_a_state_file_cut_short_plans_again() {
 fn a_failed_del_of_a_delegate_that_failed_its_add_is_best_effort() {
     // CNI §4: a plugin whose ADD failed cleaned up after itself; a DEL that cannot undo
     // what was never made (macvlan without its master) must not wedge the pod.
-    let f = Fixture::new();
-    f.cluster.nad("demo", "a", net("a", "macvlan", json!({})));
-    f.cluster.pod("demo", "p", &[(NETWORKS_ANNOTATION, "a")]);
+    let f = one_network();
     f.exec.fail("ADD", "macvlan", "net1");
     f.exec.fail("DEL", "macvlan", "net1");
     let e = f.engine(json!({}));
@@ -114,9 +123,7 @@ fn a_delegate_killed_at_its_time_limit_is_deleted_until_its_del_succeeds() {
     // Killed before it finished, the plugin undid nothing (host-local's reservation,
     // a half-made link): a failed DEL of it is kept for the runtime's retry, as for an
     // attachment that was added.
-    let f = Fixture::new();
-    f.cluster.nad("demo", "a", net("a", "macvlan", json!({})));
-    f.cluster.pod("demo", "p", &[(NETWORKS_ANNOTATION, "a")]);
+    let f = one_network();
     f.exec.kill("ADD", "macvlan", "net1");
     f.exec.fail("DEL", "macvlan", "net1");
     let e = f.engine(json!({}));
@@ -139,12 +146,5 @@ fn a_delegate_killed_at_its_time_limit_is_deleted_until_its_del_succeeds() {
         .collect();
     assert_eq!(left, [("net1", true)]);
     // The runtime's DEL (after a failed ADD, CNI §4) redoes it, and only it.
-    let f2 = Fixture {
-        exec: Default::default(),
-        ..f
-    };
-    let e = f2.engine(json!({}));
-    e.del(&f2.req("c1", "demo", "p")).unwrap();
-    assert_eq!(f2.exec.log(), ["DEL macvlan net1"]);
-    assert!(f2.files().is_empty(), "left: {:?}", f2.files());
+    retried_del_runs(f, &["DEL macvlan net1"]);
 }
